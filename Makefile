@@ -1,0 +1,49 @@
+# The two entry points: `make run` (relay + local sink, sandbox config) and `make test`.
+# Both install what they need first, idempotently.
+
+SHELL := /bin/bash
+# Keep build output outside the clone so fresh clones (and CI) reuse the RocksDB build.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/relay-target
+APT_PACKAGES := libclang-dev clang swaks
+SINK_ADDR ?= 127.0.0.1:2600
+
+.PHONY: run test setup build sink check fmt clippy fuzz
+
+setup:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: setup
+	cargo build --release -p relay
+
+# The relay with the embedded sandbox config (examples/relay.toml): it listens on
+# 127.0.0.1:2525 and routes every domain to a local sink on $(SINK_ADDR) that stores
+# messages in ./data/sink. Ctrl-C stops both.
+run: build
+	@mkdir -p data
+	@$(CARGO_TARGET_DIR)/release/relay sink --listen $(SINK_ADDR) --dir ./data/sink & \
+	  sink=$$!; trap "kill $$sink 2>/dev/null" EXIT INT TERM; \
+	  $(CARGO_TARGET_DIR)/release/relay serve
+
+sink: build
+	$(CARGO_TARGET_DIR)/release/relay sink --listen $(SINK_ADDR) --dir ./data/sink
+
+# Unit tests, then the end-to-end tests against the real binary.
+test: setup
+	cargo build -p relay --bins
+	cargo test --workspace --no-fail-fast
+
+check: fmt clippy
+
+fmt:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fuzz:
+	$(MAKE) -C fuzz run

@@ -1,0 +1,2 @@
+//! Placeholder for the plugin SDK; the Wasm plugin issue fills it in.
+#![forbid(unsafe_code)]

@@ -1,0 +1,475 @@
+//! Outbound delivery: one round per due message, recipients grouped by domain, each group sent
+//! to its route or MX, outcomes written back to the spool (retry, delivered, bounced + DSN).
+
+pub(crate) mod client;
+pub(crate) mod dsn;
+pub(crate) mod mx;
+mod pool;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, NextHop, RouteDomain};
+use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
+use crate::spool::scheduler::Notifier;
+use crate::spool::{now_ms, MessageId, QueueEntry, RcptState, Spool, SpoolError};
+
+use client::{ClientSettings, Connection, RcptResult};
+use mx::{DnsError, MxResolver};
+
+/// How delivery behaves, taken from the config once.
+pub(crate) struct Settings {
+    pub(crate) hostname: String,
+    pub(crate) remote_port: u16,
+    pub(crate) retry_schedule: Vec<Duration>,
+    pub(crate) max_age: Duration,
+    pub(crate) max_messages_per_connection: u32,
+    pub(crate) routes: Vec<(RouteDomain, NextHop)>,
+    pub(crate) client: ClientSettings,
+}
+
+impl Settings {
+    pub(crate) fn from_config(config: &Config) -> Settings {
+        let d = &config.delivery;
+        Settings {
+            hostname: config.server.hostname.0.clone(),
+            remote_port: d.remote_port,
+            retry_schedule: d.retry_schedule.iter().map(|x| x.0).collect(),
+            max_age: d.max_age.0,
+            max_messages_per_connection: d.max_messages_per_connection,
+            routes: config
+                .routes
+                .iter()
+                .map(|r| (r.domain.clone(), r.next_hop.clone()))
+                .collect(),
+            client: ClientSettings {
+                helo_name: config.helo_name().0.clone(),
+                connect_timeout: d.connect_timeout.0,
+                greeting_timeout: d.command_timeout.0,
+                command_timeout: d.command_timeout.0,
+                data_timeout: d.data_timeout.0,
+            },
+        }
+    }
+
+    /// The wait after the `attempts`-th failed attempt; the schedule's last entry repeats.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let index = (attempts.max(1) as usize - 1).min(self.retry_schedule.len() - 1);
+        self.retry_schedule[index]
+    }
+
+    /// The fixed next hop for `domain`, if a route names it (exact match first, then `*`).
+    fn route_for(&self, domain: &str) -> Option<&NextHop> {
+        self.routes
+            .iter()
+            .find(|(d, _)| matches!(d, RouteDomain::Exact(x) if x == domain))
+            .or_else(|| self.routes.iter().find(|(d, _)| *d == RouteDomain::Any))
+            .map(|(_, hop)| hop)
+    }
+}
+
+/// The delivery service. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Delivery(Arc<Inner>);
+
+struct Inner {
+    spool: Spool,
+    notifier: Notifier,
+    resolver: MxResolver,
+    pool: pool::Pool,
+    settings: Settings,
+}
+
+/// What happened to one recipient in one round.
+enum Outcome {
+    Delivered { reply: Reply, mx: String },
+    Deferred { reply: Reply, mx: Option<String> },
+    Bounced { reply: Reply, mx: Option<String> },
+}
+
+impl Outcome {
+    fn from_reply(reply: Reply, mx: Option<String>) -> Outcome {
+        if reply.code >= 500 {
+            Outcome::Bounced { reply, mx }
+        } else {
+            Outcome::Deferred { reply, mx }
+        }
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        spool: Spool,
+        notifier: Notifier,
+        resolver: MxResolver,
+        config: &Config,
+    ) -> Delivery {
+        Delivery(Arc::new(Inner {
+            spool,
+            notifier,
+            resolver,
+            pool: pool::Pool::new(
+                config.delivery.max_connections_per_destination,
+                config.delivery.idle_timeout.0,
+            ),
+            settings: Settings::from_config(config),
+        }))
+    }
+
+    /// Delivers every id the scheduler dispatches, each in its own task.
+    pub(crate) async fn run(self, mut dispatched: mpsc::UnboundedReceiver<MessageId>) {
+        let sweeper = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    this.0.pool.sweep();
+                }
+            })
+        };
+        while let Some(id) = dispatched.recv().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let next = match this.round(id).await {
+                    Ok(next) => next,
+                    Err(err) => {
+                        tracing::error!(event = "delivery_error", msg_id = %id, error = %err, "delivery round failed; will retry");
+                        Some(now_ms() + 60_000)
+                    }
+                };
+                this.0.notifier.done(id, next).await;
+            });
+        }
+        sweeper.abort();
+    }
+
+    /// One delivery round for a message: every due recipient is tried once. Returns when the
+    /// message is next due, or `None` when it has left the queue.
+    async fn round(&self, id: MessageId) -> Result<Option<u64>, SpoolError> {
+        let spool = self.0.spool.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
+            let Some(entry) = spool.entry(id)? else {
+                return Ok(None);
+            };
+            let body = spool.body(id)?;
+            Ok(Some((entry, body)))
+        })
+        .await
+        .map_err(|e| SpoolError::Io(e.to_string()))??;
+        let Some((mut entry, body)) = loaded else {
+            return Ok(None);
+        };
+        let Some(body) = body else {
+            return Err(SpoolError::Corrupt {
+                id,
+                reason: "queue entry without a body".into(),
+            });
+        };
+        let body = Arc::new(body);
+        let now = now_ms();
+        let old_due = entry.due_ms;
+        let expires_ms = entry.arrival_ms + self.0.settings.max_age.as_millis() as u64;
+
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
+        {
+            let mut by_domain: BTreeMap<String, Vec<(usize, Mailbox)>> = BTreeMap::new();
+            for (i, r) in entry.recipients.iter().enumerate() {
+                if r.is_due(now) {
+                    by_domain
+                        .entry(r.addr.domain.clone())
+                        .or_default()
+                        .push((i, r.addr.clone()));
+                }
+            }
+            let mut groups = JoinSet::new();
+            for (domain, rcpts) in by_domain {
+                let this = self.clone();
+                let body = Arc::clone(&body);
+                let from = entry.mail_from.clone();
+                let (eight_bit, smtputf8) = (entry.eight_bit, entry.smtputf8);
+                groups.spawn(async move {
+                    this.deliver_group(id, &domain, &from, rcpts, &body, eight_bit, smtputf8)
+                        .await
+                });
+            }
+            while let Some(done) = groups.join_next().await {
+                match done {
+                    Ok(results) => outcomes.extend(results),
+                    Err(err) => {
+                        tracing::error!(event = "delivery_error", msg_id = %id, error = %err, "delivery task failed")
+                    }
+                }
+            }
+        }
+
+        let bounced = self.apply(id, &mut entry, outcomes, now, expires_ms);
+        let mut ops = Spool::update_ops(id, old_due, &entry)?;
+        let mut dsn_id = None;
+        if !bounced.is_empty() {
+            if let ReversePath::Mailbox(sender) = &entry.mail_from {
+                let report = dsn::build_bounce(&dsn::BounceInput {
+                    reporting_mta: &self.0.settings.hostname,
+                    original_envelope_id: &id.to_string(),
+                    arrival_date: entry.arrival_ms / 1000,
+                    now: now / 1000,
+                    original_sender: sender,
+                    failed: &bounced,
+                    original_message: &body,
+                });
+                let (new_id, _, more) =
+                    Spool::new_message_ops(ReversePath::Null, sender.clone(), report)?;
+                ops.extend(more);
+                dsn_id = Some(new_id);
+            }
+        }
+        self.0.spool.commit(ops).await?;
+        if let Some(dsn_id) = dsn_id {
+            tracing::info!(event = "dsn_queued", msg_id = %id, dsn_id = %dsn_id, "bounce report queued for the sender");
+            self.0.notifier.queued(dsn_id);
+        }
+        Ok(if entry.is_done() {
+            tracing::info!(event = "completed", msg_id = %id, "message left the queue");
+            None
+        } else {
+            Some(entry.due_ms)
+        })
+    }
+
+    /// Records outcomes in the entry, logs them, and returns the recipients that bounced.
+    fn apply(
+        &self,
+        id: MessageId,
+        entry: &mut QueueEntry,
+        outcomes: Vec<(usize, Outcome)>,
+        now: u64,
+        expires_ms: u64,
+    ) -> Vec<dsn::FailedRecipient> {
+        let mut bounced = Vec::new();
+        for (i, outcome) in outcomes {
+            let Some(rcpt) = entry.recipients.get_mut(i) else {
+                continue;
+            };
+            rcpt.attempts += 1;
+            match outcome {
+                Outcome::Delivered { reply, mx } => {
+                    let text = reply_text(&reply);
+                    tracing::info!(event = "delivered", msg_id = %id, rcpt = %rcpt.addr, mx = %mx, reply = %text, attempts = rcpt.attempts, "delivered");
+                    rcpt.state = RcptState::Delivered;
+                    rcpt.last_reply = Some(text);
+                }
+                Outcome::Deferred { reply, mx } => {
+                    let text = reply_text(&reply);
+                    if now >= expires_ms {
+                        // Past max_age: this was the last try (RFC 5321 4.5.4.1 give-up time).
+                        let expired = Reply::new(
+                            554,
+                            Some(EnhancedCode(5, 4, 7)),
+                            &format!("Delivery time expired after {} attempts; last error: {text}", rcpt.attempts),
+                        );
+                        bounced.push(self.bounce(id, rcpt, expired, mx));
+                        continue;
+                    }
+                    // The last try happens at the expiry time itself.
+                    let next = (now + self.0.settings.retry_delay(rcpt.attempts).as_millis() as u64)
+                        .min(expires_ms);
+                    tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred");
+                    rcpt.state = RcptState::Deferred { next_ms: next };
+                    rcpt.last_reply = Some(text);
+                }
+                Outcome::Bounced { reply, mx } => {
+                    bounced.push(self.bounce(id, rcpt, reply, mx));
+                }
+            }
+        }
+        if let Some(due) = entry.next_due_ms() {
+            entry.due_ms = due;
+        }
+        bounced
+    }
+
+    fn bounce(
+        &self,
+        id: MessageId,
+        rcpt: &mut crate::spool::RecipientEntry,
+        reply: Reply,
+        mx: Option<String>,
+    ) -> dsn::FailedRecipient {
+        let text = reply_text(&reply);
+        tracing::info!(event = "bounced", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, attempts = rcpt.attempts, "bounced");
+        rcpt.state = RcptState::Bounced;
+        rcpt.last_reply = Some(text.clone());
+        let status = match reply.enhanced {
+            Some(code) => code,
+            None if reply.code >= 500 => EnhancedCode(5, 0, 0),
+            None => EnhancedCode(4, 0, 0),
+        };
+        dsn::FailedRecipient {
+            rcpt: rcpt.addr.clone(),
+            status,
+            diagnostic: Some(reply),
+            remote_mta: mx,
+            reason: text,
+        }
+    }
+
+    /// Sends one message to the recipients of one domain.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_group(
+        &self,
+        id: MessageId,
+        domain: &str,
+        from: &ReversePath,
+        rcpts: Vec<(usize, Mailbox)>,
+        body: &[u8],
+        eight_bit: bool,
+        smtputf8: bool,
+    ) -> Vec<(usize, Outcome)> {
+        let all = |make: &dyn Fn() -> Outcome| -> Vec<(usize, Outcome)> {
+            rcpts.iter().map(|(i, _)| (*i, make())).collect()
+        };
+        let (key, targets) = match self.targets(domain).await {
+            Ok(found) => found,
+            Err(err) => {
+                let reply = err.to_reply();
+                return all(&|| Outcome::from_reply(reply.clone(), None));
+            }
+        };
+        let mut checkout = self.0.pool.checkout(&key).await;
+        let addrs: Vec<Mailbox> = rcpts.iter().map(|(_, r)| r.clone()).collect();
+
+        // A kept-alive connection may have been closed by the other side meanwhile: if it fails
+        // before any reply, fall through to a fresh connection.
+        if let Some(mut conn) = checkout.reused.take() {
+            let mx = conn.peer().to_string();
+            match conn.send(from, &addrs, body, eight_bit, smtputf8).await {
+                Ok(results) => return self.finish(checkout, conn, &rcpts, results, mx),
+                Err(err) if is_stale(&err) => {
+                    tracing::debug!(msg_id = %id, mx = %mx, error = %err.to_reply().lines.join(" "), "reused connection failed; opening a new one");
+                }
+                Err(err) => {
+                    checkout.release(None);
+                    let reply = err.to_reply();
+                    return all(&|| Outcome::from_reply(reply.clone(), Some(mx.clone())));
+                }
+            }
+        }
+
+        let mut last_error: Option<Reply> = None;
+        for (host, addr) in &targets {
+            match Connection::open(*addr, None, &self.0.settings.client).await {
+                Ok(mut conn) => {
+                    let mx = format!("{host}[{}]", addr.ip());
+                    return match conn.send(from, &addrs, body, eight_bit, smtputf8).await {
+                        Ok(results) => self.finish(checkout, conn, &rcpts, results, mx),
+                        Err(err) => {
+                            checkout.release(None);
+                            let reply = err.to_reply();
+                            all(&|| Outcome::from_reply(reply.clone(), Some(mx.clone())))
+                        }
+                    };
+                }
+                Err(err) => {
+                    let reply = err.to_reply();
+                    tracing::info!(event = "connect_failed", msg_id = %id, mx = %host, addr = %addr, error = %reply_text(&reply), "trying the next MX");
+                    last_error = Some(reply);
+                }
+            }
+        }
+        checkout.release(None);
+        // Every MX was unreachable: that is temporary even if one of them refused with a 5xx
+        // greeting (RFC 5321 5.1: try the others, then queue).
+        let reply = match last_error {
+            Some(r) if r.code < 500 => r,
+            Some(r) => Reply::new(451, Some(EnhancedCode(4, 4, 0)), &reply_text(&r)),
+            None => Reply::new(451, Some(EnhancedCode(4, 4, 4)), "No MX host to try"),
+        };
+        all(&|| Outcome::Deferred {
+            reply: reply.clone(),
+            mx: None,
+        })
+    }
+
+    fn finish(
+        &self,
+        checkout: pool::Checkout,
+        conn: Connection,
+        rcpts: &[(usize, Mailbox)],
+        results: Vec<RcptResult>,
+        mx: String,
+    ) -> Vec<(usize, Outcome)> {
+        let keep = conn.reusable() && conn.transactions() < self.0.settings.max_messages_per_connection;
+        if keep {
+            checkout.release(Some(conn));
+        } else {
+            checkout.release(None);
+            tokio::spawn(conn.quit());
+        }
+        rcpts
+            .iter()
+            .zip(results)
+            .map(|((i, _), result)| {
+                let outcome = match result {
+                    RcptResult::Delivered(reply) => Outcome::Delivered {
+                        reply,
+                        mx: mx.clone(),
+                    },
+                    RcptResult::Failed(reply) => Outcome::from_reply(reply, Some(mx.clone())),
+                };
+                (*i, outcome)
+            })
+            .collect()
+    }
+
+    /// Where mail for `domain` goes: the pool key and the addresses to try, in order.
+    async fn targets(&self, domain: &str) -> Result<(String, Vec<(String, SocketAddr)>), DnsError> {
+        if let Some(hop) = self.0.settings.route_for(domain) {
+            let key = format!("route:{hop}");
+            let addrs = match hop.ip() {
+                Some(ip) => vec![ip],
+                None => self.0.resolver.host_addrs(&hop.host).await?,
+            };
+            let targets = addrs
+                .into_iter()
+                .map(|ip| (hop.host.clone(), SocketAddr::new(ip, hop.port)))
+                .collect();
+            return Ok((key, targets));
+        }
+        let port = self.0.settings.remote_port;
+        let targets = self
+            .0
+            .resolver
+            .targets(domain)
+            .await?
+            .into_iter()
+            .flat_map(|t| {
+                let host = t.host;
+                t.addrs
+                    .into_iter()
+                    .map(move |ip| (host.clone(), SocketAddr::new(ip, port)))
+            })
+            .collect();
+        Ok((domain.to_string(), targets))
+    }
+}
+
+/// True for failures of a reused connection that happened before the server said anything
+/// about this transaction (closed socket, reset), so a fresh connection may succeed.
+fn is_stale(err: &client::SessionError) -> bool {
+    matches!(err, client::SessionError::Io(_))
+        || matches!(err, client::SessionError::Reply { reply, .. } if reply.code == 421)
+}
+
+/// One-line form of a reply for logs and queue state.
+pub(crate) fn reply_text(reply: &Reply) -> String {
+    let text = reply.lines.join(" ");
+    match reply.enhanced {
+        Some(code) => format!("{} {} {}", reply.code, code, text),
+        None => format!("{} {}", reply.code, text),
+    }
+}

@@ -1,0 +1,162 @@
+//! The scheduler: decides which queued messages go to delivery now.
+//!
+//! It keeps only the set of messages in flight (at most `max_in_flight`) in memory; everything
+//! else stays on disk in the schedule column family, so memory does not grow with queue depth.
+//! New messages arrive as events and are dispatched at once while there is room; when there is
+//! not (or a retry falls due, or at start-up) the schedule is scanned in due-time order.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{now_ms, MessageId, Spool};
+
+/// Margin below the last scan's start that the next scan still covers. Schedule keys are
+/// written with the wall-clock time of their write, so a key can never be older than this
+/// when it first becomes visible.
+const FLOOR_MARGIN_MS: u64 = 60_000;
+/// Longest sleep between scans, so a clock step or a missed event cannot stall the queue.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// What the rest of the relay tells the scheduler.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message was queued and is due now.
+    Queued(MessageId),
+    /// Delivery of a message finished this round; `next_due_ms` is its next schedule time,
+    /// or `None` when it left the queue.
+    Done {
+        /// The message.
+        id: MessageId,
+        /// When it is due again.
+        next_due_ms: Option<u64>,
+    },
+}
+
+/// Sends events to the scheduler.
+#[derive(Clone)]
+pub(crate) struct Notifier(mpsc::Sender<Event>);
+
+impl Notifier {
+    /// Tells the scheduler about a new message. Never blocks: when the channel is full the
+    /// message is still found by the next scan of the schedule.
+    pub(crate) fn queued(&self, id: MessageId) {
+        if self.0.try_send(Event::Queued(id)).is_err() {
+            tracing::debug!(msg_id = %id, "scheduler busy; message will be found by scan");
+        }
+    }
+
+    /// Reports that a delivery round finished.
+    pub(crate) async fn done(&self, id: MessageId, next_due_ms: Option<u64>) {
+        // Must arrive: the scheduler counts in-flight messages by these events.
+        let _ = self.0.send(Event::Done { id, next_due_ms }).await;
+    }
+}
+
+/// The channel ends the scheduler runs on.
+pub(crate) struct Scheduler {
+    spool: Spool,
+    events: mpsc::Receiver<Event>,
+    dispatch: mpsc::UnboundedSender<MessageId>,
+    max_in_flight: usize,
+}
+
+/// Creates the scheduler; `dispatch` receives ids to deliver (each once until its `Done`).
+pub(crate) fn new(
+    spool: Spool,
+    max_in_flight: usize,
+    dispatch: mpsc::UnboundedSender<MessageId>,
+) -> (Scheduler, Notifier) {
+    let (tx, rx) = mpsc::channel(max_in_flight.max(64) * 4);
+    (
+        Scheduler {
+            spool,
+            events: rx,
+            dispatch,
+            max_in_flight,
+        },
+        Notifier(tx),
+    )
+}
+
+impl Scheduler {
+    /// Runs until every notifier is dropped.
+    pub(crate) async fn run(mut self) {
+        let mut in_flight: HashSet<MessageId> = HashSet::with_capacity(self.max_in_flight);
+        // At start-up everything on disk is a candidate: the in-memory view is rebuilt from the store.
+        let mut need_scan = true;
+        let mut floor_ms: u64 = 0;
+        let mut wake_at = Instant::now() + MAX_SLEEP;
+        let low_water = (self.max_in_flight / 2).max(1);
+        loop {
+            let room = self.max_in_flight.saturating_sub(in_flight.len());
+            // With a backlog, scan only once half the slots are free, so each scan dispatches many.
+            if need_scan && (room >= low_water || in_flight.is_empty()) {
+                let started = now_ms();
+                let spool = self.spool.clone();
+                let skip = in_flight.clone();
+                let scan = tokio::task::spawn_blocking(move || {
+                    spool.scan_due(started, floor_ms, room, &skip)
+                })
+                .await;
+                match scan {
+                    Ok(Ok(scan)) => {
+                        for id in scan.due {
+                            in_flight.insert(id);
+                            if self.dispatch.send(id).is_err() {
+                                return;
+                            }
+                        }
+                        need_scan = scan.more;
+                        let seen = scan.first_seen_ms.unwrap_or(started);
+                        floor_ms = seen.min(started.saturating_sub(FLOOR_MARGIN_MS));
+                        wake_at = Instant::now() + MAX_SLEEP;
+                        if let Some(next) = scan.next_due_ms {
+                            wake_at = wake_at.min(instant_for(next));
+                        }
+                    }
+                    Ok(Err(err)) => {
+                        tracing::error!(event = "spool_scan_failed", error = %err, "scanning the schedule failed; retrying in 1s");
+                        wake_at = Instant::now() + Duration::from_secs(1);
+                    }
+                    Err(err) => {
+                        tracing::error!(event = "spool_scan_failed", error = %err, "schedule scan task failed");
+                        wake_at = Instant::now() + Duration::from_secs(1);
+                    }
+                }
+            }
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    None => return,
+                    Some(Event::Queued(id)) => {
+                        if !need_scan && in_flight.len() < self.max_in_flight {
+                            if in_flight.insert(id) && self.dispatch.send(id).is_err() {
+                                return;
+                            }
+                        } else {
+                            need_scan = true;
+                        }
+                    }
+                    Some(Event::Done { id, next_due_ms }) => {
+                        in_flight.remove(&id);
+                        if let Some(next) = next_due_ms {
+                            wake_at = wake_at.min(instant_for(next));
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(wake_at) => {
+                    need_scan = true;
+                    wake_at = Instant::now() + MAX_SLEEP;
+                }
+            }
+        }
+    }
+}
+
+/// The monotonic instant at which wall-clock time `due_ms` arrives.
+fn instant_for(due_ms: u64) -> Instant {
+    let now = now_ms();
+    Instant::now() + Duration::from_millis(due_ms.saturating_sub(now))
+}

@@ -1,0 +1,25 @@
+//! Shared end-to-end scaffolding: DNS server, recording SMTP sink, relay launcher, SMTP client.
+//!
+//! Everything here talks over real loopback sockets. The sink and the DNS
+//! server are written independently of the relay's code: they are the referee.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod dns;
+pub mod mime;
+pub mod net;
+pub mod relay;
+pub mod sink;
+
+pub use client::{Reply, SmtpClient};
+pub use config::RelayConfig;
+pub use dns::{DnsServer, RecordType, Zone};
+pub use net::{Net, bind_same_port};
+pub use relay::{RelayProcess, SinkProcess};
+pub use sink::{Sink, SinkBuilder, Transaction};
+
+use std::time::Duration;
+
+/// The default bound on any single wait in the tests (a reply, a log line, a delivery).
+pub const WAIT: Duration = Duration::from_secs(20);
