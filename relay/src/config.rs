@@ -307,7 +307,7 @@ impl<'de> Deserialize<'de> for HostName {
 }
 
 /// The domain a route applies to: one domain, or every domain (`*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RouteDomain {
     /// Every domain without a more specific route.
     Any,

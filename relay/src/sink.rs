@@ -135,7 +135,7 @@ impl Handler for SinkHandler {
     }
 
     async fn check_rcpt(&mut self, request: &RcptRequest) -> Resolution {
-        let rcpt = request.recipient.to_string();
+        let rcpt = request.to.to_string();
         match self.options.fail.iter().find(|rule| rule.matches(&rcpt)) {
             Some(rule) => {
                 tracing::info!(event = "sink_refused", rcpt = %rcpt, reply = %rule.reply.text(), "recipient refused by rule");

@@ -28,9 +28,9 @@ impl Reply {
     /// True when every line starts with an enhanced status code whose class matches the reply code.
     pub fn every_line_has_enhanced_code(&self) -> bool {
         let class = (self.code / 100).to_string();
-        self.lines.iter().all(|l| {
-            enhanced_of(l).is_some_and(|e| e.split('.').next() == Some(class.as_str()))
-        })
+        self.lines
+            .iter()
+            .all(|l| enhanced_of(l).is_some_and(|e| e.split('.').next() == Some(class.as_str())))
     }
 
     /// All lines joined with "\n".
@@ -57,7 +57,9 @@ impl Reply {
         let text = self.text();
         let lower = text.to_ascii_lowercase();
         let at = lower.find("queued as")?;
-        let id = text[at + "queued as".len()..].split_ascii_whitespace().next()?;
+        let id = text[at + "queued as".len()..]
+            .split_ascii_whitespace()
+            .next()?;
         Some(id.trim_matches(['<', '>']).to_string())
     }
 }
@@ -197,9 +199,15 @@ impl SmtpClient {
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\r', '\n']);
             let malformed = || {
-                io::Error::new(io::ErrorKind::InvalidData, format!("not an SMTP reply line: {text:?}"))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not an SMTP reply line: {text:?}"),
+                )
             };
-            let c: u16 = text.get(..3).and_then(|c| c.parse().ok()).ok_or_else(malformed)?;
+            let c: u16 = text
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(malformed)?;
             if *code.get_or_insert(c) != c {
                 return Err(malformed());
             }
@@ -214,9 +222,16 @@ impl SmtpClient {
     }
 
     async fn read_line(&mut self) -> io::Result<Vec<u8>> {
-        let n = bounded(self.timeout, self.reader.read_until(b'\n', &mut self.partial)).await?;
+        let n = bounded(
+            self.timeout,
+            self.reader.read_until(b'\n', &mut self.partial),
+        )
+        .await?;
         if n == 0 && !self.partial.ends_with(b"\n") {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
         }
         Ok(std::mem::take(&mut self.partial))
     }
@@ -263,7 +278,12 @@ impl SmtpClient {
     }
 
     /// One transaction: EHLO if not done yet, MAIL, RCPT for each, DATA, the body; the queue id on 250.
-    pub async fn send_mail(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<String, SendError> {
+    pub async fn send_mail(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Result<String, SendError> {
         self.send_mail_params(from, "", rcpts, body).await
     }
 
@@ -291,14 +311,20 @@ impl SmtpClient {
         };
         let r = self.command(&mail).await?;
         if !r.is_positive() {
-            return Err(SendError::Rejected { step: mail, reply: r });
+            return Err(SendError::Rejected {
+                step: mail,
+                reply: r,
+            });
         }
         for rcpt in rcpts {
             let cmd = format!("RCPT TO:<{rcpt}>");
             let r = self.command(&cmd).await?;
             if !r.is_positive() {
                 self.command("RSET").await?;
-                return Err(SendError::Rejected { step: cmd, reply: r });
+                return Err(SendError::Rejected {
+                    step: cmd,
+                    reply: r,
+                });
             }
         }
         let r = self.command("DATA").await?;
@@ -327,10 +353,16 @@ impl SmtpClient {
     }
 }
 
-async fn bounded<T>(timeout: Duration, f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+async fn bounded<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     match tokio::time::timeout(timeout, f).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {timeout:?}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )),
     }
 }
 

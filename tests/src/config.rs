@@ -37,7 +37,11 @@ impl RelayConfig {
         }
         .set("server", "listen", &toml_array(&["127.0.0.1:0"]))
         .set("server", "hostname", &toml_str("relay.test"))
-        .set("server", "relay_networks", &toml_array(&["127.0.0.0/8", "::1/128"]))
+        .set(
+            "server",
+            "relay_networks",
+            &toml_array(&["127.0.0.0/8", "::1/128"]),
+        )
         .set("server", "max_message_size", "10485760")
         .set("server", "max_recipients", "100")
         .set("server", "max_line_length", "1000")

@@ -42,7 +42,8 @@ pub enum RecordData {
 }
 
 impl RecordData {
-    fn record_type(&self) -> RecordType {
+    /// The DNS type of this record.
+    pub fn record_type(&self) -> RecordType {
         match self {
             RecordData::Mx { .. } => RecordType::MX,
             RecordData::A(_) => RecordType::A,
@@ -439,7 +440,8 @@ fn respond(shared: &Shared, request: &[u8], transport: Transport) -> Option<Vec<
         .set_recursion_available(true);
     if let Some(edns) = request.extensions() {
         let mut ours = Edns::new();
-        ours.set_max_payload(EDNS_PAYLOAD).set_version(edns.version());
+        ours.set_max_payload(EDNS_PAYLOAD)
+            .set_version(edns.version());
         response.set_edns(ours);
     }
     let queries = request.queries();
@@ -634,7 +636,10 @@ mod tests {
             .map(|a| a.0)
             .collect();
         assert_eq!(v6, vec![Ipv6Addr::LOCALHOST]);
-        assert!(dns.questions().iter().all(|q| q.transport == Transport::Tcp));
+        assert!(dns
+            .questions()
+            .iter()
+            .all(|q| q.transport == Transport::Tcp));
     }
 
     #[tokio::test]
@@ -681,12 +686,17 @@ mod tests {
 
     #[tokio::test]
     async fn ttl_is_configurable_and_records_can_change_while_running() {
-        let dns = DnsServer::start(Zone::new().ttl(7).a("h.test", Ipv4Addr::new(127, 0, 9, 7))).await;
+        let dns =
+            DnsServer::start(Zone::new().ttl(7).a("h.test", Ipv4Addr::new(127, 0, 9, 7))).await;
         let m = raw_query(dns.addr(), "h.test", RecordType::A).await;
         assert_eq!(m.answers()[0].ttl(), 7);
         dns.update(|z| {
             z.remove("h.test", RecordType::A);
-            z.insert("h.test", Some(99), RecordData::A(Ipv4Addr::new(127, 0, 9, 8)));
+            z.insert(
+                "h.test",
+                Some(99),
+                RecordData::A(Ipv4Addr::new(127, 0, 9, 8)),
+            );
         });
         let m = raw_query(dns.addr(), "H.Test", RecordType::A).await;
         assert_eq!(m.answers().len(), 1);

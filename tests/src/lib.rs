@@ -12,12 +12,13 @@ pub mod net;
 pub mod relay;
 pub mod sink;
 
+pub use client::{message, new_message_id};
 pub use client::{Reply, SmtpClient};
 pub use config::RelayConfig;
 pub use dns::{DnsServer, RecordType, Zone};
-pub use net::{Net, bind_same_port};
-pub use relay::{RelayProcess, SinkProcess};
-pub use sink::{Sink, SinkBuilder, Transaction};
+pub use net::{Net, SharedPort};
+pub use relay::{check_config, field, is_event, RelayProcess, SinkProcess};
+pub use sink::{Sink, SinkBuilder, SinkGroup, Transaction};
 
 use std::time::Duration;
 

@@ -43,7 +43,10 @@ impl ContentType {
             }
         }
         pieces.push(current);
-        let mime_type = pieces.first().map(|s| s.trim().to_ascii_lowercase()).unwrap_or_default();
+        let mime_type = pieces
+            .first()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .unwrap_or_default();
         let params = pieces
             .iter()
             .skip(1)
@@ -92,7 +95,9 @@ impl ParsedMessage {
                 continue;
             }
             match line.split_once(':') {
-                Some((name, value)) => headers.push((name.trim().to_string(), value.trim().to_string())),
+                Some((name, value)) => {
+                    headers.push((name.trim().to_string(), value.trim().to_string()))
+                }
                 None => headers.push((line.to_string(), String::new())),
             }
         }
@@ -169,7 +174,11 @@ impl ParsedMessage {
     /// The first part (searching nested multiparts) whose type is `mime_type`.
     pub fn find_part(&self, mime_type: &str) -> Option<ParsedMessage> {
         for part in self.parts() {
-            if part.content_type().mime_type.eq_ignore_ascii_case(mime_type) {
+            if part
+                .content_type()
+                .mime_type
+                .eq_ignore_ascii_case(mime_type)
+            {
                 return Some(part);
             }
             if let Some(inner) = part.find_part(mime_type) {
@@ -244,14 +253,18 @@ epilogue\r\n";
         let status = m.find_part("message/delivery-status").expect("status part");
         let fields = status_fields(&status.body);
         assert!(fields.contains(&("Status".into(), "5.1.1".into())));
-        assert!(fields.contains(&("Diagnostic-Code".into(), "smtp; 550 5.1.1 no such user".into())));
+        assert!(fields.contains(&(
+            "Diagnostic-Code".into(),
+            "smtp; 550 5.1.1 no such user".into()
+        )));
         let headers = m.find_part("text/rfc822-headers").expect("headers part");
         assert_eq!(headers.body_text(), "Subject: original");
     }
 
     #[test]
     fn header_lookup_is_case_insensitive_and_unfolds() {
-        let m = ParsedMessage::parse(b"Received: from a\r\n by b\r\nreceived: second\r\n\r\nbody\r\n");
+        let m =
+            ParsedMessage::parse(b"Received: from a\r\n by b\r\nreceived: second\r\n\r\nbody\r\n");
         assert_eq!(m.header("RECEIVED"), Some("from a by b"));
         assert_eq!(m.headers_named("received").len(), 2);
         assert_eq!(m.body, b"body\r\n");

@@ -61,7 +61,10 @@ impl SharedPort {
             .chain(reserve.iter().map(|ip| (*ip, false)))
             .collect();
         let Some(first) = all.first() else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no address to bind",
+            ));
         };
         let mut last_error = None;
         for _ in 0..100 {
@@ -157,11 +160,6 @@ pub fn free_port(ip: Ipv4Addr) -> io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Binds listeners on all `ips` with one shared port; see [`SharedPort::bind`].
-pub async fn bind_same_port(ips: &[Ipv4Addr]) -> io::Result<SharedPort> {
-    SharedPort::bind(ips, &[]).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +177,9 @@ mod tests {
         let l2 = group.take(net.ip(2));
         assert_eq!(l1.local_addr().expect("addr").port(), port);
         assert_eq!(l2.local_addr().expect("addr").port(), port);
-        let mut c = TcpStream::connect((net.ip(2), port)).await.expect("connect");
+        let mut c = TcpStream::connect((net.ip(2), port))
+            .await
+            .expect("connect");
         c.write_all(b"x").await.expect("write");
         let (_s, _peer) = l2.accept().await.expect("accept");
         let refused = TcpStream::connect((net.ip(3), port)).await;

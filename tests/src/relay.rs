@@ -26,7 +26,9 @@ pub fn relay_binary() -> PathBuf {
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => panic!("cannot find the test executable to locate the relay binary: {e}; set RELAY_BIN"),
+        Err(e) => {
+            panic!("cannot find the test executable to locate the relay binary: {e}; set RELAY_BIN")
+        }
     };
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") {
@@ -144,10 +146,12 @@ impl RelayProcess {
             Err(e) => panic!("cannot start {}: {e}", self.binary.display()),
         };
         if let Some(err) = child.stderr.take() {
-            self.readers.push(collect_lines(err, Arc::clone(&self.logs)));
+            self.readers
+                .push(collect_lines(err, Arc::clone(&self.logs)));
         }
         if let Some(out) = child.stdout.take() {
-            self.readers.push(collect_lines(out, Arc::clone(&self.stdout)));
+            self.readers
+                .push(collect_lines(out, Arc::clone(&self.stdout)));
         }
         self.child = Some(child);
         let deadline = Instant::now() + STARTUP;
@@ -157,7 +161,11 @@ impl RelayProcess {
                 self.addrs = addrs;
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 // Let the reader threads drain the pipes before reporting.
                 std::thread::sleep(Duration::from_millis(100));
                 panic!(
@@ -191,7 +199,11 @@ impl RelayProcess {
     /// Every listening address logged by the current process.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         let now = self.listening_addrs();
-        if now.is_empty() { self.addrs.clone() } else { now }
+        if now.is_empty() {
+            self.addrs.clone()
+        } else {
+            now
+        }
     }
 
     /// The process id of the running relay.
@@ -264,12 +276,20 @@ impl RelayProcess {
     ) -> Value {
         match self.try_wait_for_log_since(mark, pred, timeout).await {
             Some(v) => v,
-            None => panic!("expected log line not seen within {timeout:?}\n{}", self.describe()),
+            None => panic!(
+                "expected log line not seen within {timeout:?}\n{}",
+                self.describe()
+            ),
         }
     }
 
     /// Waits for an event line with matching fields; panics with the log on timeout.
-    pub async fn wait_for_event(&self, event: &str, fields: &[(&str, &str)], timeout: Duration) -> Value {
+    pub async fn wait_for_event(
+        &self,
+        event: &str,
+        fields: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Value {
         match self
             .try_wait_for_log_since(0, |l| is_event(l, event, fields), timeout)
             .await
@@ -603,16 +623,27 @@ echo '{"event":"listening","addr":"127.0.0.1:4321"}' >&2
 echo '{"event":"received","msg_id":"m1","rcpts":2}' >&2
 exec sleep 30"#,
         );
-        let mut relay = RelayProcess::start_binary(bin, "[spool]\npath = \"@WORKDIR@/spool\"\n").await;
+        let mut relay =
+            RelayProcess::start_binary(bin, "[spool]\npath = \"@WORKDIR@/spool\"\n").await;
         assert_eq!(relay.addr(), "127.0.0.1:4321".parse().expect("addr"));
         let written = std::fs::read_to_string(relay.config_path()).expect("config");
-        assert!(written.contains(&relay.dir().display().to_string()), "{written}");
+        assert!(
+            written.contains(&relay.dir().display().to_string()),
+            "{written}"
+        );
         let line = relay
-            .wait_for_event("received", &[("msg_id", "m1"), ("rcpts", "2")], Duration::from_secs(5))
+            .wait_for_event(
+                "received",
+                &[("msg_id", "m1"), ("rcpts", "2")],
+                Duration::from_secs(5),
+            )
             .await;
         assert_eq!(field(&line, "rcpts").as_deref(), Some("2"));
         let logs = relay.logs();
-        assert!(logs[0].as_str().is_some_and(|s| s.starts_with("config=")), "{logs:?}");
+        assert!(
+            logs[0].as_str().is_some_and(|s| s.starts_with("config=")),
+            "{logs:?}"
+        );
         assert!(relay.is_running());
         assert!(relay.pid().is_some());
         relay.kill();
@@ -641,7 +672,10 @@ exec sleep 30"#,
     #[tokio::test]
     async fn launcher_reports_early_exit_with_its_output() {
         let bins = tempfile::tempdir().expect("tempdir");
-        let bin = fake_relay(bins.path(), "echo 'relay.toml:3: [dns] timeout: bad' >&2; exit 2");
+        let bin = fake_relay(
+            bins.path(),
+            "echo 'relay.toml:3: [dns] timeout: bad' >&2; exit 2",
+        );
         let bin2 = bin.clone();
         let result = tokio::spawn(async move { RelayProcess::start_binary(bin2, "").await }).await;
         let Err(panic) = result else {

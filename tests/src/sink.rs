@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::mime::ParsedMessage;
+use crate::net::SharedPort;
 
 /// Decides the RCPT reply: `(recipient, attempt number for this recipient starting at 1)`
 /// -> `None` to accept, or `Some((code, text))`, e.g. `(451, "4.3.0 try later")`.
@@ -335,6 +336,39 @@ impl Drop for Sink {
     }
 }
 
+/// Several sinks sharing one port on different 127.x addresses (the relay uses one
+/// `remote_port` for every MX), plus addresses on that port where nothing listens.
+pub struct SinkGroup {
+    /// The shared port: the relay's `[delivery] remote_port`.
+    pub port: u16,
+    /// The sinks, in the order they were given.
+    pub sinks: Vec<Sink>,
+    // Holds the refused addresses until the group is dropped.
+    _reserved: SharedPort,
+}
+
+impl SinkGroup {
+    /// Starts one sink per `(address, options)` on one shared port; connections to
+    /// the `refused` addresses on that port are refused (a down MX).
+    pub async fn start(sinks: Vec<(Ipv4Addr, SinkBuilder)>, refused: &[Ipv4Addr]) -> SinkGroup {
+        let ips: Vec<Ipv4Addr> = sinks.iter().map(|(ip, _)| *ip).collect();
+        let mut shared = match SharedPort::bind(&ips, refused).await {
+            Ok(s) => s,
+            Err(e) => panic!("cannot bind a shared port on {ips:?} + {refused:?}: {e}"),
+        };
+        let port = shared.port();
+        let sinks = sinks
+            .into_iter()
+            .map(|(ip, builder)| builder.start_on(shared.take(ip)))
+            .collect();
+        SinkGroup {
+            port,
+            sinks,
+            _reserved: shared,
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Connection tasks live in this set, so aborting the sink aborts them too.
     let mut sessions = JoinSet::new();
@@ -359,7 +393,12 @@ struct Open {
     refused: Vec<(String, u16)>,
 }
 
-async fn reply(shared: &Shared, w: &mut OwnedWriteHalf, code: u16, lines: &[&str]) -> io::Result<()> {
+async fn reply(
+    shared: &Shared,
+    w: &mut OwnedWriteHalf,
+    code: u16,
+    lines: &[&str],
+) -> io::Result<()> {
     shared.wait_unpaused().await;
     let mut out = String::new();
     for (i, line) in lines.iter().enumerate() {
@@ -394,13 +433,22 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
     let local = stream.local_addr()?;
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
-    reply(shared, &mut w, 220, &[&format!("{SINK_NAME} ESMTP recording sink")]).await?;
+    reply(
+        shared,
+        &mut w,
+        220,
+        &[&format!("{SINK_NAME} ESMTP recording sink")],
+    )
+    .await?;
     let mut helo: Option<(String, bool)> = None;
     let mut open: Option<Open> = None;
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line).await?;
+        let n = (&mut r)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -565,12 +613,13 @@ async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> io::Result<
             return Ok(data);
         }
         let ends_crlf = line.ends_with(b"\r\n");
-        let body_len = if ends_crlf { line.len() - 2 } else { line.len() };
+        let body_len = if ends_crlf {
+            line.len() - 2
+        } else {
+            line.len()
+        };
         // A CR not followed by LF, or an LF not preceded by CR.
-        if !ends_crlf
-            || line[..body_len].contains(&b'\r')
-            || line[..body_len].contains(&b'\n')
-        {
+        if !ends_crlf || line[..body_len].contains(&b'\r') || line[..body_len].contains(&b'\n') {
             data.bare = true;
         }
         let content = if after_crlf && line.first() == Some(&b'.') {
@@ -591,7 +640,7 @@ async fn read_data<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> io::Result<
 mod tests {
     use super::*;
     use crate::client::SmtpClient;
-    use std::net::Ipv4Addr;
+    use crate::net::Net;
 
     const T: Duration = Duration::from_secs(5);
 
@@ -734,7 +783,10 @@ mod tests {
     async fn wait_for_gives_up_after_timeout() {
         let sink = Sink::start(Ipv4Addr::LOCALHOST).await;
         let started = Instant::now();
-        assert!(sink.try_wait_for(1, Duration::from_millis(200)).await.is_none());
+        assert!(sink
+            .try_wait_for(1, Duration::from_millis(200))
+            .await
+            .is_none());
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -757,12 +809,32 @@ mod tests {
         for cmd in ["MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"] {
             c.command(cmd).await.expect("cmd");
         }
-        c.send(b"Subject: s\r\n\r\nbody\r\n.\r\n").await.expect("send");
+        c.send(b"Subject: s\r\n\r\nbody\r\n.\r\n")
+            .await
+            .expect("send");
         let m = sink.wait_for(1, T).await;
         assert_eq!(m.len(), 1);
         c.set_timeout(Duration::from_millis(100));
         assert!(c.read_reply().await.is_err(), "reply is held back");
         c.set_timeout(T);
         assert_eq!(c.read_reply().await.expect("reply").code, 250);
+    }
+
+    #[tokio::test]
+    async fn group_shares_one_port_and_refuses_on_down_addresses() {
+        let net = Net::unique();
+        let group = SinkGroup::start(
+            vec![(net.ip(1), Sink::builder()), (net.ip(2), Sink::builder())],
+            &[net.ip(3)],
+        )
+        .await;
+        assert_eq!(group.sinks[0].port(), group.port);
+        assert_eq!(group.sinks[1].port(), group.port);
+        assert_eq!(group.sinks[1].addr().ip(), IpAddr::from(net.ip(2)));
+        let c = SmtpClient::connect(SocketAddr::from((net.ip(2), group.port))).await;
+        assert_eq!(c.expect("connect").greeting().code, 220);
+        assert!(TcpStream::connect((net.ip(3), group.port)).await.is_err());
+        assert_eq!(group.sinks[1].connections(), 1);
+        assert_eq!(group.sinks[0].connections(), 0);
     }
 }

@@ -95,9 +95,11 @@ impl SessionError {
     /// 4.5.0 for protocol errors.
     pub fn to_reply(&self) -> Reply {
         match self {
-            SessionError::Connect(err) => {
-                Reply::new(451, Some(EnhancedCode(4, 4, 1)), &format!("Connection failed: {err}"))
-            }
+            SessionError::Connect(err) => Reply::new(
+                451,
+                Some(EnhancedCode(4, 4, 1)),
+                format!("Connection failed: {err}"),
+            ),
             SessionError::Timeout("connect") => Reply::new(
                 451,
                 Some(EnhancedCode(4, 4, 1)),
@@ -106,18 +108,18 @@ impl SessionError {
             SessionError::Timeout(stage) => Reply::new(
                 451,
                 Some(EnhancedCode(4, 4, 2)),
-                &format!("Remote server timed out during {stage}"),
+                format!("Remote server timed out during {stage}"),
             ),
             SessionError::Io(err) => Reply::new(
                 451,
                 Some(EnhancedCode(4, 4, 2)),
-                &format!("Connection to remote server lost: {err}"),
+                format!("Connection to remote server lost: {err}"),
             ),
             SessionError::Reply { reply, .. } => reply.clone(),
             SessionError::Protocol(detail) => Reply::new(
                 451,
                 Some(EnhancedCode(4, 5, 0)),
-                &format!("Remote server protocol error: {detail}"),
+                format!("Remote server protocol error: {detail}"),
             ),
         }
     }
@@ -276,7 +278,7 @@ impl Connection {
             let reply = Reply::new(
                 553,
                 Some(EnhancedCode(5, 6, 7)),
-                &format!(
+                format!(
                     "Message needs SMTPUTF8, which {} does not support",
                     self.describe_peer()
                 ),
@@ -288,7 +290,7 @@ impl Connection {
                 let reply = Reply::new(
                     552,
                     Some(EnhancedCode(5, 3, 4)),
-                    &format!(
+                    format!(
                         "Message size {} exceeds the limit of {limit} bytes of {}",
                         body.len(),
                         self.describe_peer()
@@ -314,7 +316,6 @@ impl Connection {
                 (!has_control_chars(&addr)).then(|| format!("RCPT TO:<{addr}>\r\n"))
             })
             .collect();
-        let timeout = self.settings.command_timeout;
 
         let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
             let mut batch = mail;
@@ -323,26 +324,26 @@ impl Connection {
             }
             batch.push_str("DATA\r\n");
             self.write(batch.as_bytes(), "MAIL FROM").await?;
-            let mail_reply = self.read_reply("MAIL FROM", timeout).await?;
+            let mail_reply = self.read_transaction_reply("MAIL FROM").await?;
             let mut rcpt_replies = Vec::with_capacity(rcpts.len());
             for command in &rcpt_commands {
                 rcpt_replies.push(match command {
-                    Some(_) => self.read_reply("RCPT TO", timeout).await?,
+                    Some(_) => self.read_transaction_reply("RCPT TO").await?,
                     None => bad_address_reply(),
                 });
             }
-            let data_reply = self.read_reply("DATA", timeout).await?;
+            let data_reply = self.read_transaction_reply("DATA").await?;
             (mail_reply, rcpt_replies, Some(data_reply))
         } else {
             self.write(mail.as_bytes(), "MAIL FROM").await?;
-            let mail_reply = self.read_reply("MAIL FROM", timeout).await?;
+            let mail_reply = self.read_transaction_reply("MAIL FROM").await?;
             let mut rcpt_replies = Vec::with_capacity(rcpts.len());
             if is_positive(&mail_reply) {
                 for command in &rcpt_commands {
                     rcpt_replies.push(match command {
                         Some(command) => {
                             self.write(command.as_bytes(), "RCPT TO").await?;
-                            self.read_reply("RCPT TO", timeout).await?
+                            self.read_transaction_reply("RCPT TO").await?
                         }
                         None => bad_address_reply(),
                     });
@@ -350,7 +351,7 @@ impl Connection {
             }
             let data_reply = if rcpt_replies.iter().any(is_positive) {
                 self.write(b"DATA\r\n", "DATA").await?;
-                Some(self.read_reply("DATA", timeout).await?)
+                Some(self.read_transaction_reply("DATA").await?)
             } else {
                 None
             };
@@ -487,6 +488,19 @@ impl Connection {
                 .read_reply("end of data", self.settings.data_timeout)
                 .await;
         }
+    }
+
+    /// Reads the reply to MAIL, RCPT or DATA. A 421 there means the server is closing the
+    /// session (RFC 5321 3.8): the transaction is over for every recipient, so it is an error
+    /// of the whole session, and the caller may retry on a fresh connection.
+    async fn read_transaction_reply(&mut self, stage: &'static str) -> Result<Reply, SessionError> {
+        let reply = self
+            .read_reply(stage, self.settings.command_timeout)
+            .await?;
+        if reply.code == 421 {
+            return Err(SessionError::Reply { stage, reply });
+        }
+        Ok(reply)
     }
 
     /// Sends RSET after an aborted or partly failed transaction; a session whose RSET is not
@@ -676,7 +690,9 @@ pub(crate) fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyErr
     let mut enhanced: Option<(EnhancedCode, String)> = None;
     let mut lines = Vec::new();
     loop {
-        let Some(newline) = buf.get(pos..).and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        let Some(newline) = buf
+            .get(pos..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
         else {
             return if buf.len() > MAX_REPLY_BYTES {
                 Err(ReplyError::TooLong)
@@ -885,7 +901,10 @@ mod tests {
         // A number that is not an enhanced code of the reply's class stays text.
         let reply = parse_all(b"250 5.1.1 looks like a code but the class differs\r\n");
         assert_eq!(reply.enhanced, None);
-        assert_eq!(reply.lines[0], "5.1.1 looks like a code but the class differs");
+        assert_eq!(
+            reply.lines[0],
+            "5.1.1 looks like a code but the class differs"
+        );
     }
 
     #[test]
@@ -923,7 +942,10 @@ mod tests {
             parse_reply(b"HTTP/1.1 400 Bad Request\r\n"),
             Err(ReplyError::BadLine(_))
         ));
-        assert!(matches!(parse_reply(b"25\r\n"), Err(ReplyError::BadLine(_))));
+        assert!(matches!(
+            parse_reply(b"25\r\n"),
+            Err(ReplyError::BadLine(_))
+        ));
         assert!(matches!(
             parse_reply(b"250_ok\r\n"),
             Err(ReplyError::BadLine(_))
@@ -932,10 +954,7 @@ mod tests {
             parse_reply(b"150 not smtp\r\n"),
             Err(ReplyError::BadLine(_))
         ));
-        assert!(matches!(
-            parse_reply(b"\r\n"),
-            Err(ReplyError::BadLine(_))
-        ));
+        assert!(matches!(parse_reply(b"\r\n"), Err(ReplyError::BadLine(_))));
     }
 
     #[test]
@@ -1238,7 +1257,13 @@ mod tests {
         assert_eq!(conn.peer(), addr);
         let rcpts = [mailbox("a@dest.test"), mailbox("b@dest.test")];
         let results = conn
-            .send(&sender(), &rcpts, b"Subject: hi\r\n\r\nhello\r\n", false, false)
+            .send(
+                &sender(),
+                &rcpts,
+                b"Subject: hi\r\n\r\nhello\r\n",
+                false,
+                false,
+            )
             .await
             .unwrap();
         assert!(results.iter().all(delivered), "{results:?}");
@@ -1259,7 +1284,10 @@ mod tests {
                 "QUIT",
             ]
         );
-        assert_eq!(seen.data, vec![b"Subject: hi\r\n\r\nhello\r\n.\r\n".to_vec()]);
+        assert_eq!(
+            seen.data,
+            vec![b"Subject: hi\r\n\r\nhello\r\n.\r\n".to_vec()]
+        );
     }
 
     #[tokio::test]
@@ -1445,6 +1473,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rcpt_421_ends_the_session_with_an_error() {
+        let (addr, _server) = serve(Script {
+            rcpt: |_| "421 4.3.2 Shutting down\r\n",
+            ..Script::default()
+        })
+        .await;
+        let mut conn = Connection::open(addr, None, &settings()).await.unwrap();
+        let err = conn
+            .send(&sender(), &[mailbox("a@dest.test")], b"x\r\n", false, false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SessionError::Reply { stage: "RCPT TO", reply } if reply.code == 421),
+            "{err:?}"
+        );
+        assert!(!err.is_permanent());
+        assert!(!conn.reusable());
+    }
+
+    #[tokio::test]
     async fn ehlo_refusal_falls_back_to_helo() {
         let (addr, server) = serve(Script {
             ehlo: "502 5.5.1 Command not implemented\r\n",
@@ -1516,9 +1564,15 @@ mod tests {
         let (addr, server) = serve(Script::default()).await;
         let mut conn = Connection::open(addr, None, &settings()).await.unwrap();
         let body = "Subject: caf\u{e9}\r\n\r\nna\u{ef}ve\r\n".as_bytes();
-        conn.send(&sender(), &[mailbox("j\u{f6}rg@dest.test")], body, true, true)
-            .await
-            .unwrap();
+        conn.send(
+            &sender(),
+            &[mailbox("j\u{f6}rg@dest.test")],
+            body,
+            true,
+            true,
+        )
+        .await
+        .unwrap();
         conn.quit().await;
         let seen = server.await.unwrap();
         assert_eq!(
@@ -1569,7 +1623,10 @@ mod tests {
             .unwrap();
         match &results[0] {
             RcptResult::Failed(reply) => {
-                assert_eq!((reply.code, reply.enhanced), (552, Some(EnhancedCode(5, 3, 4))))
+                assert_eq!(
+                    (reply.code, reply.enhanced),
+                    (552, Some(EnhancedCode(5, 3, 4)))
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -1582,9 +1639,15 @@ mod tests {
     async fn null_sender_is_sent_as_empty_path() {
         let (addr, server) = serve(Script::default()).await;
         let mut conn = Connection::open(addr, None, &settings()).await.unwrap();
-        conn.send(&ReversePath::Null, &[mailbox("a@dest.test")], b"x\r\n", false, false)
-            .await
-            .unwrap();
+        conn.send(
+            &ReversePath::Null,
+            &[mailbox("a@dest.test")],
+            b"x\r\n",
+            false,
+            false,
+        )
+        .await
+        .unwrap();
         conn.quit().await;
         let seen = server.await.unwrap();
         assert_eq!(seen.commands[1], "MAIL FROM:<> SIZE=3");
@@ -1630,7 +1693,10 @@ mod tests {
         assert!(matches!(err, SessionError::Connect(_)), "{err:?}");
         assert!(!err.is_permanent());
         let reply = err.to_reply();
-        assert_eq!((reply.code, reply.enhanced), (451, Some(EnhancedCode(4, 4, 1))));
+        assert_eq!(
+            (reply.code, reply.enhanced),
+            (451, Some(EnhancedCode(4, 4, 1)))
+        );
     }
 
     #[tokio::test]
@@ -1649,7 +1715,10 @@ mod tests {
         assert!(matches!(err, SessionError::Timeout("greeting")), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         let reply = err.to_reply();
-        assert_eq!((reply.code, reply.enhanced), (451, Some(EnhancedCode(4, 4, 2))));
+        assert_eq!(
+            (reply.code, reply.enhanced),
+            (451, Some(EnhancedCode(4, 4, 2)))
+        );
     }
 
     #[tokio::test]
@@ -1676,7 +1745,10 @@ mod tests {
             .send(&sender(), &[mailbox("a@dest.test")], b"x\r\n", false, false)
             .await
             .unwrap_err();
-        assert!(matches!(err, SessionError::Timeout("end of data")), "{err:?}");
+        assert!(
+            matches!(err, SessionError::Timeout("end of data")),
+            "{err:?}"
+        );
         assert!(!conn.reusable());
         conn.quit().await;
         server.await.unwrap();

@@ -70,9 +70,13 @@ fn build_bounce_with_token(input: &BounceInput, token: &str) -> Vec<u8> {
     // but impossible, and a clash is still checked for.
     let mut boundary = format!("=_relay_bounce_{token}");
     let mut suffix = 0u32;
-    while [explanation.as_bytes(), status.as_bytes(), headers.as_slice()]
-        .iter()
-        .any(|part| contains(part, boundary.as_bytes()))
+    while [
+        explanation.as_bytes(),
+        status.as_bytes(),
+        headers.as_slice(),
+    ]
+    .iter()
+    .any(|part| contains(part, boundary.as_bytes()))
     {
         suffix += 1;
         boundary = format!("=_relay_bounce_{token}_{suffix}");
@@ -136,19 +140,23 @@ fn explanation(input: &BounceInput, host: &str) -> String {
          \r\n"
     );
     for failed in input.failed {
-        let mut paragraph = format!(
-            "<{}>: {}",
-            clean_address(&failed.rcpt.to_string()),
-            failed.reason
-        );
-        if let Some(reply) = &failed.diagnostic {
-            let remote = failed
-                .remote_mta
-                .as_deref()
-                .map(|mta| format!("host {mta}"))
-                .unwrap_or_else(|| "the remote server".to_owned());
-            let _ = write!(paragraph, " ({remote} said: {})", reply_summary(reply));
-        }
+        let rcpt = clean_address(&failed.rcpt.to_string());
+        let paragraph = match &failed.diagnostic {
+            Some(reply) => {
+                let summary = reply_summary(reply);
+                let remote = failed
+                    .remote_mta
+                    .as_deref()
+                    .map(|mta| format!("host {mta}"))
+                    .unwrap_or_else(|| "the remote server".to_owned());
+                if failed.reason.trim() == summary || failed.reason.trim().is_empty() {
+                    format!("<{rcpt}>: {remote} said: {summary}")
+                } else {
+                    format!("<{rcpt}>: {} ({remote} said: {summary})", failed.reason)
+                }
+            }
+            None => format!("<{rcpt}>: {}", failed.reason),
+        };
         for line in wrap(&clean_line(&paragraph, MAX_DIAGNOSTIC), WRAP) {
             text.push_str(&line);
             text.push_str("\r\n");
@@ -347,7 +355,10 @@ fn header_end(message: &[u8]) -> usize {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
 }
 
 /// 20 random alphanumeric characters.
@@ -397,7 +408,11 @@ Body text that must not be returned.\r\n";
         }
     }
 
-    fn input<'a>(sender: &'a Mailbox, failed: &'a [FailedRecipient], original: &'a [u8]) -> BounceInput<'a> {
+    fn input<'a>(
+        sender: &'a Mailbox,
+        failed: &'a [FailedRecipient],
+        original: &'a [u8],
+    ) -> BounceInput<'a> {
         BounceInput {
             reporting_mta: "relay.test",
             original_envelope_id: "0000017f-abc",
@@ -420,7 +435,10 @@ Body text that must not be returned.\r\n";
         let bytes = build_bounce(&input(&sender, &failed, ORIGINAL));
         let message = MessageParser::default().parse(&bytes).unwrap();
 
-        assert_eq!(message.subject(), Some("Undelivered Mail Returned to Sender"));
+        assert_eq!(
+            message.subject(),
+            Some("Undelivered Mail Returned to Sender")
+        );
         let from = message.from().unwrap().first().unwrap();
         assert_eq!(from.name(), Some("Mail Delivery System"));
         assert_eq!(from.address(), Some("MAILER-DAEMON@relay.test"));
@@ -428,14 +446,20 @@ Body text that must not be returned.\r\n";
             message.to().unwrap().first().unwrap().address(),
             Some("sender@origin.test")
         );
-        assert_eq!(message.header_raw("Auto-Submitted").map(str::trim), Some("auto-replied"));
+        assert_eq!(
+            message.header_raw("Auto-Submitted").map(str::trim),
+            Some("auto-replied")
+        );
         assert!(message.date().is_some());
         assert!(message.message_id().unwrap().ends_with("@relay.test"));
 
         let content_type = message.content_type().unwrap();
         assert_eq!(content_type.ctype(), "multipart");
         assert_eq!(content_type.subtype(), Some("report"));
-        assert_eq!(content_type.attribute("report-type"), Some("delivery-status"));
+        assert_eq!(
+            content_type.attribute("report-type"),
+            Some("delivery-status")
+        );
 
         let parts = message.root_part().sub_parts().unwrap().to_vec();
         assert_eq!(parts.len(), 3);
@@ -448,7 +472,11 @@ Body text that must not be returned.\r\n";
             .collect();
         assert_eq!(
             types,
-            ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+            [
+                "text/plain",
+                "message/delivery-status",
+                "text/rfc822-headers"
+            ]
         );
 
         let human = part_text(&message, parts[0]);
@@ -456,23 +484,32 @@ Body text that must not be returned.\r\n";
         assert!(human.contains("<b@nomail.test>: Recipient address has null MX"));
 
         let status = part_text(&message, parts[1]);
-        assert!(status.starts_with("Reporting-MTA: dns; relay.test\r\n"), "{status}");
+        assert!(
+            status.starts_with("Reporting-MTA: dns; relay.test\r\n"),
+            "{status}"
+        );
         assert!(status.contains("X-Relay-Queue-ID: 0000017f-abc\r\n"));
         assert!(status.contains("Arrival-Date: "));
-        assert!(status.contains(
-            "\r\n\r\nFinal-Recipient: rfc822; a@dest.test\r\n\
+        assert!(
+            status.contains(
+                "\r\n\r\nFinal-Recipient: rfc822; a@dest.test\r\n\
              Action: failed\r\n\
              Status: 5.1.1\r\n\
              Remote-MTA: dns; mx.dest.test\r\n\
              Diagnostic-Code: smtp; 550 5.1.1 <a@dest.test>: Recipient address rejected:\r\n \
              User unknown in virtual mailbox table\r\n"
-        ), "{status}");
-        assert!(status.contains(
-            "\r\n\r\nFinal-Recipient: rfc822; b@nomail.test\r\n\
+            ),
+            "{status}"
+        );
+        assert!(
+            status.contains(
+                "\r\n\r\nFinal-Recipient: rfc822; b@nomail.test\r\n\
              Action: failed\r\n\
              Status: 5.1.10\r\n\
              Diagnostic-Code: X-Relay; Recipient address has null MX\r\n"
-        ), "{status}");
+            ),
+            "{status}"
+        );
 
         let headers = part_text(&message, parts[2]);
         assert!(headers.contains("Subject: Quarterly report\r\n"));
@@ -487,7 +524,11 @@ Body text that must not be returned.\r\n";
         failed.diagnostic = Some(Reply::new(
             550,
             Some(EnhancedCode(5, 7, 1)),
-            format!("{}\r\nX-Injected: yes\twith\0controls {}", "word ".repeat(600), "x".repeat(3000)),
+            format!(
+                "{}\r\nX-Injected: yes\twith\0controls {}",
+                "word ".repeat(600),
+                "x".repeat(3000)
+            ),
         ));
         failed.reason = "r".repeat(5000);
         let mut original = b"Subject: ".to_vec();
@@ -501,7 +542,10 @@ Body text that must not be returned.\r\n";
         assert!(!bytes.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'));
         assert!(!bytes.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n'));
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains("\r\nX-Injected"), "a remote reply must not add fields");
+        assert!(
+            !text.contains("\r\nX-Injected"),
+            "a remote reply must not add fields"
+        );
         assert!(text.contains("X-Bare: lf\r\n"));
         assert!(!text.contains("body\r\n"));
         assert!(MessageParser::default().parse(&bytes).is_some());
@@ -524,7 +568,10 @@ Body text that must not be returned.\r\n";
         let original = b"X-Trap: --=_relay_bounce_fixed\r\n\r\nbody";
         let bytes = build_bounce_with_token(&input(&sender, &failed, original), "fixed");
         let text = String::from_utf8_lossy(&bytes);
-        assert!(text.contains("boundary=\"=_relay_bounce_fixed_1\""), "{text}");
+        assert!(
+            text.contains("boundary=\"=_relay_bounce_fixed_1\""),
+            "{text}"
+        );
         let message = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(message.root_part().sub_parts().unwrap().len(), 3);
     }
@@ -538,10 +585,27 @@ Body text that must not be returned.\r\n";
         let bytes = build_bounce(&input(&sender, std::slice::from_ref(&failed), original));
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains("Final-Recipient: utf-8; j\u{f6}rg@dest.test\r\n"));
-        assert!(text.contains("Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 8bit\r\n"));
+        assert!(text
+            .contains("Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 8bit\r\n"));
         let message = MessageParser::default().parse(&bytes).unwrap();
         let parts = message.root_part().sub_parts().unwrap().to_vec();
         assert!(part_text(&message, parts[2]).contains("Gr\u{fc}\u{df}e"));
+    }
+
+    #[test]
+    fn reason_that_repeats_the_remote_reply_is_not_shown_twice() {
+        let sender = sender();
+        let mut failed = failed_remote();
+        failed.diagnostic = Some(Reply::new(550, Some(EnhancedCode(5, 1, 1)), "No such user"));
+        failed.reason = "550 5.1.1 No such user".into();
+        let bytes = build_bounce(&input(&sender, std::slice::from_ref(&failed), ORIGINAL));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("<a@dest.test>: host mx.dest.test said: 550 5.1.1 No such user\r\n"));
+        assert_eq!(
+            text.matches("No such user").count(),
+            2,
+            "text part and Diagnostic-Code"
+        );
     }
 
     #[test]

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-    ServerOrderingStrategy,
+    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ServerOrderingStrategy,
 };
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::op::ResponseCode;
@@ -68,7 +67,10 @@ pub(crate) enum DnsError {
 impl DnsError {
     /// True if retrying cannot help: the recipient should bounce.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, DnsError::NullMx { .. } | DnsError::NoSuchDomain { .. })
+        matches!(
+            self,
+            DnsError::NullMx { .. } | DnsError::NoSuchDomain { .. }
+        )
     }
 
     /// The RFC 3463 status this failure maps to: 5.1.10 (RFC 7505), 5.1.2 or 4.4.3.
@@ -84,23 +86,21 @@ impl DnsError {
     pub fn to_reply(&self) -> Reply {
         let enhanced = Some(self.enhanced_code());
         match self {
-            DnsError::NullMx { .. } => {
-                Reply::new(550, enhanced, "Recipient address has null MX")
-            }
+            DnsError::NullMx { .. } => Reply::new(550, enhanced, "Recipient address has null MX"),
             DnsError::NoSuchDomain { domain, detail } => Reply::new(
                 550,
                 enhanced,
-                &format!("Host or domain name not found: {domain}: {detail}"),
+                format!("Host or domain name not found: {domain}: {detail}"),
             ),
             DnsError::Temporary { domain, detail } => Reply::new(
                 451,
                 enhanced,
-                &format!("Temporary DNS failure for {domain}: {detail}"),
+                format!("Temporary DNS failure for {domain}: {detail}"),
             ),
             DnsError::Setup(detail) => Reply::new(
                 451,
                 enhanced,
-                &format!("DNS resolver not available: {detail}"),
+                format!("DNS resolver not available: {detail}"),
             ),
         }
     }
@@ -132,8 +132,9 @@ impl MxResolver {
     pub fn new(settings: &DnsSettings) -> Result<MxResolver, DnsError> {
         let provider = TokioConnectionProvider::default();
         let mut builder = if settings.nameservers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|err| DnsError::Setup(format!("reading system DNS configuration: {err}")))?
+            TokioResolver::builder(provider).map_err(|err| {
+                DnsError::Setup(format!("reading system DNS configuration: {err}"))
+            })?
         } else {
             let mut config = ResolverConfig::new();
             for addr in &settings.nameservers {
@@ -206,12 +207,10 @@ impl MxResolver {
         }
         // RFC 7505 3: a null MX is the only MX record of its domain. A "." exchange among real
         // MX records is a misconfiguration; it is skipped like any host that does not resolve.
-        if let [(_, exchange)] = records.as_slice() {
-            if exchange.is_root() {
-                return Err(DnsError::NullMx {
-                    domain: domain.to_owned(),
-                });
-            }
+        if records.iter().all(|(_, exchange)| exchange.is_root()) {
+            return Err(DnsError::NullMx {
+                domain: domain.to_owned(),
+            });
         }
         let hosts = order_mx(records, &mut rand::rng());
         self.resolve_mx_hosts(domain, hosts).await
@@ -450,9 +449,11 @@ fn host_string(name: &Name) -> String {
 fn parse_address_literal(literal: &str) -> Option<IpAddr> {
     let inner = literal.strip_prefix('[')?.strip_suffix(']')?;
     match inner.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-            inner.get(5..)?.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
-        }
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner
+            .get(5..)?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6),
         _ => inner.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
     }
 }
@@ -516,7 +517,9 @@ mod tests {
                         continue;
                     };
                     let name = query.name().to_ascii().to_ascii_lowercase();
-                    seen.lock().unwrap().push((name.clone(), query.query_type()));
+                    seen.lock()
+                        .unwrap()
+                        .push((name.clone(), query.query_type()));
                     let mut response = Message::new();
                     response
                         .set_id(request.id())
@@ -622,15 +625,26 @@ mod tests {
             (
                 "example.test",
                 RecordType::MX,
-                records(vec![mx(20, "backup.example.test."), mx(10, "mx.example.test.")]),
+                records(vec![
+                    mx(20, "backup.example.test."),
+                    mx(10, "mx.example.test."),
+                ]),
             ),
-            ("mx.example.test", RecordType::A, records(vec![a([127, 0, 0, 2])])),
+            (
+                "mx.example.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 2])]),
+            ),
             (
                 "mx.example.test",
                 RecordType::AAAA,
                 records(vec![RData::AAAA(AAAA(Ipv6Addr::LOCALHOST))]),
             ),
-            ("backup.example.test", RecordType::A, records(vec![a([127, 0, 0, 3])])),
+            (
+                "backup.example.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 3])]),
+            ),
         ])
         .await;
         let targets = dns.resolver().targets("example.test").await.unwrap();
@@ -673,8 +687,12 @@ mod tests {
 
     #[tokio::test]
     async fn null_mx_is_a_permanent_5_1_10_failure() {
-        let dns =
-            TestDns::start(vec![("nomail.test", RecordType::MX, records(vec![mx(0, ".")]))]).await;
+        let dns = TestDns::start(vec![(
+            "nomail.test",
+            RecordType::MX,
+            records(vec![mx(0, ".")]),
+        )])
+        .await;
         let err = dns.resolver().targets("nomail.test").await.unwrap_err();
         assert_eq!(
             err,
@@ -699,7 +717,11 @@ mod tests {
                 RecordType::MX,
                 records(vec![mx(0, "."), mx(10, "mx.mixed.test.")]),
             ),
-            ("mx.mixed.test", RecordType::A, records(vec![a([127, 0, 0, 4])])),
+            (
+                "mx.mixed.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 4])]),
+            ),
         ])
         .await;
         let targets = dns.resolver().targets("mixed.test").await.unwrap();
@@ -723,12 +745,7 @@ mod tests {
 
     #[tokio::test]
     async fn domain_with_neither_mx_nor_address_is_permanent() {
-        let dns = TestDns::start(vec![(
-            "txtonly.test",
-            RecordType::TXT,
-            records(vec![]),
-        )])
-        .await;
+        let dns = TestDns::start(vec![("txtonly.test", RecordType::TXT, records(vec![]))]).await;
         let err = dns.resolver().targets("txtonly.test").await.unwrap_err();
         assert!(matches!(err, DnsError::NoSuchDomain { .. }), "{err:?}");
     }
@@ -740,7 +757,10 @@ mod tests {
         assert!(matches!(err, DnsError::Temporary { .. }), "{err:?}");
         assert!(!err.is_permanent());
         let reply = err.to_reply();
-        assert_eq!((reply.code, reply.enhanced), (451, Some(EnhancedCode(4, 4, 3))));
+        assert_eq!(
+            (reply.code, reply.enhanced),
+            (451, Some(EnhancedCode(4, 4, 3)))
+        );
     }
 
     #[tokio::test]
@@ -775,7 +795,11 @@ mod tests {
                 RecordType::MX,
                 records(vec![mx(5, "gone.half.test."), mx(10, "mx.half.test.")]),
             ),
-            ("mx.half.test", RecordType::A, records(vec![a([127, 0, 0, 5])])),
+            (
+                "mx.half.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 5])]),
+            ),
         ])
         .await;
         let targets = dns.resolver().targets("half.test").await.unwrap();
@@ -795,9 +819,21 @@ mod tests {
                     mx(20, "c.pair.test."),
                 ]),
             ),
-            ("a.pair.test", RecordType::A, records(vec![a([127, 0, 0, 10])])),
-            ("b.pair.test", RecordType::A, records(vec![a([127, 0, 0, 11])])),
-            ("c.pair.test", RecordType::A, records(vec![a([127, 0, 0, 12])])),
+            (
+                "a.pair.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 10])]),
+            ),
+            (
+                "b.pair.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 11])]),
+            ),
+            (
+                "c.pair.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 12])]),
+            ),
         ])
         .await;
         let resolver = dns.resolver();
@@ -809,7 +845,11 @@ mod tests {
             assert_eq!(hosts[2], "c.pair.test", "preference 20 always comes last");
             firsts.insert(hosts[0].to_owned());
         }
-        assert_eq!(firsts.len(), 2, "both preference-10 hosts should come first sometimes");
+        assert_eq!(
+            firsts.len(),
+            2,
+            "both preference-10 hosts should come first sometimes"
+        );
     }
 
     #[test]
@@ -827,8 +867,16 @@ mod tests {
     #[tokio::test]
     async fn answers_are_cached_per_ttl() {
         let dns = TestDns::start(vec![
-            ("cached.test", RecordType::MX, records(vec![mx(10, "mx.cached.test.")])),
-            ("mx.cached.test", RecordType::A, records(vec![a([127, 0, 0, 6])])),
+            (
+                "cached.test",
+                RecordType::MX,
+                records(vec![mx(10, "mx.cached.test.")]),
+            ),
+            (
+                "mx.cached.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 6])]),
+            ),
         ])
         .await;
         let resolver = dns.resolver();
@@ -847,7 +895,11 @@ mod tests {
                 RecordType::MX,
                 records(vec![mx(10, "mx.xn--bcher-kva.test.")]),
             ),
-            ("mx.xn--bcher-kva.test", RecordType::A, records(vec![a([127, 0, 0, 7])])),
+            (
+                "mx.xn--bcher-kva.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 7])]),
+            ),
         ])
         .await;
         let targets = dns.resolver().targets("bücher.test").await.unwrap();
@@ -887,10 +939,7 @@ mod tests {
             resolver.host_addrs("127.0.0.1").await.unwrap(),
             vec![ip("127.0.0.1")]
         );
-        assert_eq!(
-            resolver.host_addrs("[::1]").await.unwrap(),
-            vec![ip("::1")]
-        );
+        assert_eq!(resolver.host_addrs("[::1]").await.unwrap(), vec![ip("::1")]);
         assert_eq!(
             resolver.host_addrs("[IPv6:::1]").await.unwrap(),
             vec![ip("::1")]

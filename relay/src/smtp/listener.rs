@@ -59,7 +59,7 @@ where
                     stream.write_all(&out).await?;
                     out.clear();
                 }
-                let limit = if session.in_data() {
+                let limit = if session.expects_data() {
                     timeouts.data
                 } else {
                     timeouts.command
@@ -174,7 +174,7 @@ pub(crate) async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
 async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound) {
     let Some(_admitted) = inbound.admit(peer.ip()) else {
         let mut out = Vec::new();
-        Session::too_busy(&inbound.session.hostname).write_to(&mut out);
+        Session::too_busy(&inbound.session).write_to(&mut out);
         let _ = stream.write_all(&out).await;
         tracing::info!(event = "connection_refused", client = %peer.ip(), reason = "too many connections", "connection limit reached");
         return;
@@ -222,18 +222,14 @@ impl Handler for RelayHandler<'_> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let single = match message.recipients.as_slice() {
-            [only] => Some(only.clone()),
-            _ => None,
-        };
         let header = received_header(&ReceivedInfo {
             helo: &message.helo,
             peer: peer.ip(),
             hostname: &self.inbound.session.hostname,
             protocol: message.protocol,
             id: &id.to_string(),
-            recipient: single.as_ref(),
-            time: now,
+            recipients: &message.recipients,
+            timestamp: now,
         });
         let rcpts = message.recipients.len();
         let from = message.mail_from.to_string();
