@@ -74,7 +74,10 @@ mod tests {
             l.record(Duration::from_millis(ms));
         }
         let s = l.summary().unwrap();
-        assert_eq!((s.count, s.p50, s.p90, s.p99, s.max), (100, 50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.p50, s.p90, s.p99, s.max),
+            (100, 50.0, 90.0, 99.0, 100.0)
+        );
         assert!((s.mean - 50.5).abs() < 1e-9);
     }
 

@@ -11,13 +11,69 @@ const MIN_LINE: usize = 40;
 
 /// Words the body is made of, so that it compresses and scans like text, not like noise.
 const WORDS: &[&str] = &[
-    "the", "relay", "queue", "message", "delivery", "server", "mail", "report", "weekly",
-    "invoice", "account", "please", "find", "attached", "summary", "of", "and", "to", "for",
-    "your", "order", "has", "been", "shipped", "thank", "you", "meeting", "tomorrow", "at",
-    "noon", "agenda", "budget", "review", "project", "status", "update", "customer", "support",
-    "ticket", "resolved", "password", "reset", "link", "expires", "in", "hours", "regards",
-    "team", "notification", "payment", "received", "balance", "statement", "available", "online",
-    "schedule", "changed", "confirm", "attendance", "newsletter", "edition", "latest", "news",
+    "the",
+    "relay",
+    "queue",
+    "message",
+    "delivery",
+    "server",
+    "mail",
+    "report",
+    "weekly",
+    "invoice",
+    "account",
+    "please",
+    "find",
+    "attached",
+    "summary",
+    "of",
+    "and",
+    "to",
+    "for",
+    "your",
+    "order",
+    "has",
+    "been",
+    "shipped",
+    "thank",
+    "you",
+    "meeting",
+    "tomorrow",
+    "at",
+    "noon",
+    "agenda",
+    "budget",
+    "review",
+    "project",
+    "status",
+    "update",
+    "customer",
+    "support",
+    "ticket",
+    "resolved",
+    "password",
+    "reset",
+    "link",
+    "expires",
+    "in",
+    "hours",
+    "regards",
+    "team",
+    "notification",
+    "payment",
+    "received",
+    "balance",
+    "statement",
+    "available",
+    "online",
+    "schedule",
+    "changed",
+    "confirm",
+    "attendance",
+    "newsletter",
+    "edition",
+    "latest",
+    "news",
 ];
 
 /// One in this many body lines starts with a dot, so every run exercises the
@@ -262,7 +318,9 @@ mod tests {
         assert!(out.ends_with(b"\r\n"));
         let body_start = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         for line in out[body_start..].split_inclusive(|&b| b == b'\n') {
-            let text = line.strip_suffix(b"\r\n").expect("every line ends with CRLF");
+            let text = line
+                .strip_suffix(b"\r\n")
+                .expect("every line ends with CRLF");
             assert!(text.len() <= MAX_LINE, "line of {} chars", text.len());
             assert!(!text.contains(&b'\r') && !text.contains(&b'\n'));
             assert!(text.iter().all(|b| b.is_ascii_graphic() || *b == b' '));
@@ -318,7 +376,10 @@ mod tests {
     #[test]
     fn date_is_rfc5322_in_utc() {
         assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 +0000");
+        assert_eq!(
+            rfc5322_date(1_700_000_000),
+            "Tue, 14 Nov 2023 22:13:20 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 }

@@ -36,7 +36,11 @@ impl Reply {
 
     /// The reply as one line for error messages, e.g. `550 5.1.1 no such user`.
     pub fn summary(&self) -> String {
-        format!("{} {}", self.code, self.lines.last().map_or("", String::as_str))
+        format!(
+            "{} {}",
+            self.code,
+            self.lines.last().map_or("", String::as_str)
+        )
     }
 }
 
@@ -62,7 +66,8 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         pos += nl + 1;
         let text = String::from_utf8_lossy(raw);
-        let (code, last, rest) = split_line(&text).ok_or_else(|| ReplyError::Malformed(text.to_string()))?;
+        let (code, last, rest) =
+            split_line(&text).ok_or_else(|| ReplyError::Malformed(text.to_string()))?;
         lines.push(rest.to_string());
         if last {
             return Ok(Some((Reply { code, lines }, pos)));
@@ -95,7 +100,8 @@ mod tests {
 
     #[test]
     fn multiline_ehlo_reply_is_one_reply_with_extensions() {
-        let buf = b"250-sink.test hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n220 x";
+        let buf =
+            b"250-sink.test hello\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n220 x";
         let (reply, used) = parse(buf).unwrap().unwrap();
         assert_eq!(reply.code, 250);
         assert_eq!(used, buf.len() - 5);
@@ -131,8 +137,14 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(matches!(parse(b"HTTP/1.1 400\r\n"), Err(ReplyError::Malformed(_))));
-        assert!(matches!(parse(b"25x ok\r\n"), Err(ReplyError::Malformed(_))));
+        assert!(matches!(
+            parse(b"HTTP/1.1 400\r\n"),
+            Err(ReplyError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"25x ok\r\n"),
+            Err(ReplyError::Malformed(_))
+        ));
         assert_eq!(parse(&vec![b'2'; MAX_REPLY + 1]), Err(ReplyError::TooLong));
     }
 }

@@ -301,19 +301,30 @@ mod tests {
             b"MAIL FROM:<a@x.test> SIZE=20\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n",
         );
         assert_eq!(codes(&out), ["250", "250", "250", "354", "250", "221"]);
-        assert_eq!((p.messages, p.recipients, p.transactions, p.close), (1, 2, 1, true));
-        assert_eq!(p.data_bytes, b"Subject: hi\r\n\r\nbody\r\n.\r\n".len() as u64);
+        assert_eq!(
+            (p.messages, p.recipients, p.transactions, p.close),
+            (1, 2, 1, true)
+        );
+        assert_eq!(
+            p.data_bytes,
+            b"Subject: hi\r\n\r\nbody\r\n.\r\n".len() as u64
+        );
     }
 
     #[test]
     fn terminator_split_across_every_boundary_is_found() {
-        let stream: &[u8] = b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nline one\r\n..dot\r\n.\r\nNOOP\r\n";
+        let stream: &[u8] =
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nline one\r\n..dot\r\n.\r\nNOOP\r\n";
         for cut in 0..stream.len() {
             let mut s = ready();
             let (mut out, first) = run(&mut s, &stream[..cut]);
             let (rest, second) = run(&mut s, &stream[cut..]);
             out.push_str(&rest);
-            assert_eq!(codes(&out), ["250", "250", "354", "250", "250"], "cut at {cut}");
+            assert_eq!(
+                codes(&out),
+                ["250", "250", "354", "250", "250"],
+                "cut at {cut}"
+            );
             assert_eq!(first.messages + second.messages, 1, "cut at {cut}");
         }
     }

@@ -259,7 +259,9 @@ impl ConfigDuration {
             "w" => 604_800_000,
             _ => return None,
         };
-        Some(ConfigDuration(Duration::from_millis(n.checked_mul(millis)?)))
+        Some(ConfigDuration(Duration::from_millis(
+            n.checked_mul(millis)?,
+        )))
     }
 }
 
@@ -292,7 +294,9 @@ impl<'de> Deserialize<'de> for HostName {
             && text.split('.').all(|label| {
                 !label.is_empty()
                     && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
             });
@@ -486,7 +490,10 @@ impl Config {
 
     /// The name the relay sends in EHLO when delivering.
     pub fn helo_name(&self) -> &HostName {
-        self.delivery.helo_name.as_ref().unwrap_or(&self.server.hostname)
+        self.delivery
+            .helo_name
+            .as_ref()
+            .unwrap_or(&self.server.hostname)
     }
 }
 
@@ -559,7 +566,10 @@ mod tests {
     #[test]
     fn embedded_default_config_is_valid() {
         let config = Config::parse(EMBEDDED_DEFAULT, "examples/relay.toml").expect("valid");
-        assert!(!config.routes.is_empty(), "sandbox routes to the local sink");
+        assert!(
+            !config.routes.is_empty(),
+            "sandbox routes to the local sink"
+        );
     }
 
     #[test]
@@ -595,7 +605,8 @@ next_hop = "127.0.0.1:2600"
 
     #[test]
     fn bad_duration_names_file_line_section_and_field() {
-        let text = "[server]\nhostname = \"a.test\"\n\n[delivery]\nretry_schedule = [\"5m\", \"5x\"]\n";
+        let text =
+            "[server]\nhostname = \"a.test\"\n\n[delivery]\nretry_schedule = [\"5m\", \"5x\"]\n";
         let err = Config::parse(text, "relay.toml").unwrap_err().to_string();
         assert!(
             err.starts_with("relay.toml:5: [delivery] retry_schedule: \"5x\" is not a duration"),

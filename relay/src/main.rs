@@ -9,7 +9,11 @@ use relay::config::{Config, LogConfig, LogFormat, EMBEDDED_DEFAULT};
 use relay::sink::{FailRule, SinkOptions};
 
 #[derive(Parser)]
-#[command(name = "relay", version, about = "A self-hosted SMTP relay with durable queueing and Wasm policy plugins")]
+#[command(
+    name = "relay",
+    version,
+    about = "A self-hosted SMTP relay with durable queueing and Wasm policy plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,7 +93,8 @@ fn main() -> ExitCode {
             hostname,
             json,
         } => {
-            let rules: Result<Vec<FailRule>, String> = fail.iter().map(|r| FailRule::parse(r)).collect();
+            let rules: Result<Vec<FailRule>, String> =
+                fail.iter().map(|r| FailRule::parse(r)).collect();
             let rules = match rules {
                 Ok(r) => r,
                 Err(err) => {
@@ -98,7 +103,11 @@ fn main() -> ExitCode {
                 }
             };
             relay::observe::init_logging(&LogConfig {
-                format: if json { LogFormat::Json } else { LogFormat::Text },
+                format: if json {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                },
                 level: "info".into(),
             });
             run_async(async move {
@@ -116,7 +125,10 @@ fn main() -> ExitCode {
 }
 
 fn run_async(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");

@@ -74,13 +74,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     for addr in &config.server.listen {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Listen { addr: *addr, source })?;
-        let bound = listener.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?;
+            .map_err(|source| StartError::Listen {
+                addr: *addr,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: *addr,
+            source,
+        })?;
         tracing::info!(event = "listening", addr = %bound, "accepting SMTP");
         tokio::spawn(listener::serve(listener, Arc::clone(&inbound)));
     }
     shutdown_signal().await;
-    tracing::info!(event = "shutdown", "signal received; stopping (queued mail is on disk)");
+    tracing::info!(
+        event = "shutdown",
+        "signal received; stopping (queued mail is on disk)"
+    );
     Ok(())
 }
 

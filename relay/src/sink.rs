@@ -35,14 +35,20 @@ impl FailRule {
             .next()
             .and_then(|c| c.parse().ok())
             .filter(|c| (400..600).contains(c))
-            .ok_or_else(|| format!("--fail \"{text}\": the reply must start with a 4xx or 5xx code"))?;
+            .ok_or_else(|| {
+                format!("--fail \"{text}\": the reply must start with a 4xx or 5xx code")
+            })?;
         let rest = words.next().unwrap_or("").trim();
         let (enhanced, text_part) = match rest.split_once(' ').unwrap_or((rest, "")) {
             (first, tail) if parse_enhanced(first).is_some() => (parse_enhanced(first), tail),
             _ => (None, rest),
         };
         let enhanced = enhanced.or(Some(EnhancedCode((code / 100) as u8, 0, 0)));
-        let text_part = if text_part.is_empty() { "Rejected by sink rule" } else { text_part };
+        let text_part = if text_part.is_empty() {
+            "Rejected by sink rule"
+        } else {
+            text_part
+        };
         Ok(FailRule {
             pattern: pattern.trim().to_lowercase(),
             reply: Reply::new(code, enhanced, text_part),
@@ -66,7 +72,8 @@ fn parse_enhanced(text: &str) -> Option<EnhancedCode> {
     let class: u8 = parts.next()?.parse().ok()?;
     let subject: u16 = parts.next()?.parse().ok()?;
     let detail: u16 = parts.next()?.parse().ok()?;
-    (parts.next().is_none() && matches!(class, 2 | 4 | 5)).then_some(EnhancedCode(class, subject, detail))
+    (parts.next().is_none() && matches!(class, 2 | 4 | 5))
+        .then_some(EnhancedCode(class, subject, detail))
 }
 
 /// Settings of a running sink.
@@ -179,11 +186,19 @@ impl Handler for SinkHandler {
             }
             Ok(Err(err)) => {
                 tracing::error!(event = "sink_write_failed", error = %err, "could not store message");
-                Resolution::Reject(Reply::new(451, Some(EnhancedCode(4, 3, 0)), "Could not store message"))
+                Resolution::Reject(Reply::new(
+                    451,
+                    Some(EnhancedCode(4, 3, 0)),
+                    "Could not store message",
+                ))
             }
             Err(err) => {
                 tracing::error!(event = "sink_write_failed", error = %err, "could not store message");
-                Resolution::Reject(Reply::new(451, Some(EnhancedCode(4, 3, 0)), "Could not store message"))
+                Resolution::Reject(Reply::new(
+                    451,
+                    Some(EnhancedCode(4, 3, 0)),
+                    "Could not store message",
+                ))
             }
         }
     }

@@ -88,7 +88,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr().context("listening socket has no address")?;
+    let local = listener
+        .local_addr()
+        .context("listening socket has no address")?;
     println!("listening on {local}");
 
     let counters = Arc::new(Counters {
@@ -135,7 +137,11 @@ async fn main() -> anyhow::Result<ExitCode> {
         Some(f) if messages > 0 => last_us.saturating_sub(f) as f64 / 1e6,
         _ => 0.0,
     };
-    let rate = if elapsed > 0.0 { messages as f64 / elapsed } else { 0.0 };
+    let rate = if elapsed > 0.0 {
+        messages as f64 / elapsed
+    } else {
+        0.0
+    };
     let complete = args.expect.is_none_or(|n| messages >= n);
     if args.json {
         let result = serde_json::json!({
@@ -166,7 +172,11 @@ async fn main() -> anyhow::Result<ExitCode> {
             }
         );
     }
-    Ok(if complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn accept_loop(listener: TcpListener, counters: Arc<Counters>, idle: Duration) {

@@ -240,7 +240,10 @@ impl Stats {
                 } else {
                     self.rejected_5xx += 1;
                 }
-                *self.rejections.entry(format!("{stage} {}", reply.code)).or_default() += 1;
+                *self
+                    .rejections
+                    .entry(format!("{stage} {}", reply.code))
+                    .or_default() += 1;
                 if self.first_error.is_none() {
                     self.first_error = Some(format!("{stage}: {}", reply.summary()));
                 }
@@ -292,9 +295,13 @@ struct Connection {
 
 impl Connection {
     async fn open(plan: &Plan) -> Result<Connection, Failure> {
-        let stream = match tokio::time::timeout(plan.timeout, TcpStream::connect(plan.server)).await {
+        let stream = match tokio::time::timeout(plan.timeout, TcpStream::connect(plan.server)).await
+        {
             Err(_) => Err(timeout_error(Stage::Connect, plan.timeout)),
-            Ok(Err(source)) => Err(SessionError::Io { stage: Stage::Connect, source }),
+            Ok(Err(source)) => Err(SessionError::Io {
+                stage: Stage::Connect,
+                source,
+            }),
             Ok(Ok(stream)) => Ok(stream),
         }?;
         // Commands and the end of data are small writes the server waits for.
@@ -318,7 +325,8 @@ impl Connection {
             expect(Stage::Ehlo, conn.reply(Stage::Ehlo).await?, 250)?;
         } else {
             expect(Stage::Ehlo, ehlo.clone(), 250)?;
-            conn.pipelining = plan.pipelining == Pipelining::Auto && ehlo.has_extension("PIPELINING");
+            conn.pipelining =
+                plan.pipelining == Pipelining::Auto && ehlo.has_extension("PIPELINING");
             conn.size_extension = ehlo.has_extension("SIZE");
         }
         Ok(conn)
@@ -337,7 +345,8 @@ impl Connection {
             mail.push_str(&format!(" SIZE={}", message.len()));
         }
         mail.push_str("\r\n");
-        let rcpt_commands: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+        let rcpt_commands: Vec<String> =
+            rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
         let pipelining = self.pipelining;
 
         if pipelining {
@@ -427,7 +436,10 @@ impl Connection {
         if reply.is_positive() {
             Ok(())
         } else {
-            Err(SessionError::Unexpected { stage: Stage::Rset, reply: reply.summary() })
+            Err(SessionError::Unexpected {
+                stage: Stage::Rset,
+                reply: reply.summary(),
+            })
         }
     }
 
@@ -470,7 +482,10 @@ impl Connection {
 }
 
 fn timeout_error(stage: Stage, limit: Duration) -> SessionError {
-    SessionError::Timeout { stage, secs: limit.as_secs_f64() }
+    SessionError::Timeout {
+        stage,
+        secs: limit.as_secs_f64(),
+    }
 }
 
 /// A 4xx/5xx reply is a rejection; anything else where a refusal was expected is a protocol error.
@@ -478,7 +493,10 @@ fn rejected(stage: Stage, reply: Reply) -> Result<Failure, SessionError> {
     if matches!(reply.class(), 4 | 5) {
         Ok(Failure::Rejected { stage, reply })
     } else {
-        Err(SessionError::Unexpected { stage, reply: reply.summary() })
+        Err(SessionError::Unexpected {
+            stage,
+            reply: reply.summary(),
+        })
     }
 }
 
@@ -516,7 +534,8 @@ async fn session(plan: Arc<Plan>) -> Stats {
         };
         let rcpts: Vec<String> = (0..plan.rcpts).map(|i| plan.recipient(seq, i)).collect();
         message.clear();
-        plan.template.render(seq, &rcpts[0], &mut scratch, &mut message);
+        plan.template
+            .render(seq, &rcpts[0], &mut scratch, &mut message);
         current.sent += 1;
         match current.send(&plan, &rcpts, &message, &mut stats).await {
             Ok(latency) => {
@@ -564,7 +583,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     let start_wall = SystemTime::now();
     let run_id = format!(
         "{:x}.{:x}",
-        start_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        start_wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
         std::process::id()
     );
     let started = Instant::now();
@@ -574,7 +595,11 @@ async fn main() -> anyhow::Result<ExitCode> {
             size: args.size,
             from: args.from.clone(),
             run_id,
-            date: rfc5322_date(start_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+            date: rfc5322_date(
+                start_wall
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
         },
         from: args.from.clone(),
         helo: args.helo.clone(),
@@ -616,9 +641,16 @@ async fn main() -> anyhow::Result<ExitCode> {
 
 fn report(args: &Args, stats: &mut Stats, elapsed: Duration, start: SystemTime, end: SystemTime) {
     let secs = elapsed.as_secs_f64();
-    let rate = if secs > 0.0 { stats.accepted as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        stats.accepted as f64 / secs
+    } else {
+        0.0
+    };
     let latency = stats.latencies.summary();
-    let unix_us = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let unix_us = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    };
     if args.json {
         let latency_ms = latency.map(|l| {
             serde_json::json!({
@@ -666,9 +698,17 @@ fn report(args: &Args, stats: &mut Stats, elapsed: Duration, start: SystemTime, 
         stats.rejected_5xx,
         breakdown(&stats.rejections)
     );
-    println!("  errors    {:>9}{}", stats.errors, breakdown(&stats.error_kinds));
+    println!(
+        "  errors    {:>9}{}",
+        stats.errors,
+        breakdown(&stats.error_kinds)
+    );
     if stats.rcpts_rejected > 0 {
-        println!("  recipients refused: {} of {}", stats.rcpts_rejected, stats.rcpts_rejected + stats.rcpts_accepted);
+        println!(
+            "  recipients refused: {} of {}",
+            stats.rcpts_rejected,
+            stats.rcpts_rejected + stats.rcpts_accepted
+        );
     }
     if let Some(l) = latency {
         println!(

@@ -85,6 +85,10 @@ pub(crate) enum SessionError {
 impl SessionError {
     /// True only for a 5xx reply: everything else (connection trouble, timeouts, 4xx) may work
     /// on a later attempt or with another MX host.
+    #[allow(
+        dead_code,
+        reason = "delivery/mod.rs classifies through to_reply().code; kept for callers that only need the verdict"
+    )]
     pub fn is_permanent(&self) -> bool {
         matches!(self, SessionError::Reply { reply, .. } if reply.code >= 500)
     }
@@ -439,10 +443,9 @@ impl Connection {
     }
 
     fn describe_peer(&self) -> String {
-        if self.banner_host.is_empty() {
-            self.peer.to_string()
-        } else {
-            format!("{} [{}]", self.banner_host, self.peer)
+        match self.remote_banner_host() {
+            "" => self.peer.to_string(),
+            host => format!("{host} [{}]", self.peer),
         }
     }
 

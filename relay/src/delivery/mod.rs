@@ -270,13 +270,17 @@ impl Delivery {
                         let expired = Reply::new(
                             554,
                             Some(EnhancedCode(5, 4, 7)),
-                            &format!("Delivery time expired after {} attempts; last error: {text}", rcpt.attempts),
+                            format!(
+                                "Delivery time expired after {} attempts; last error: {text}",
+                                rcpt.attempts
+                            ),
                         );
                         bounced.push(self.bounce(id, rcpt, expired, mx));
                         continue;
                     }
                     // The last try happens at the expiry time itself.
-                    let next = (now + self.0.settings.retry_delay(rcpt.attempts).as_millis() as u64)
+                    let next = (now
+                        + self.0.settings.retry_delay(rcpt.attempts).as_millis() as u64)
                         .min(expires_ms);
                     tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred");
                     rcpt.state = RcptState::Deferred { next_ms: next };
@@ -386,7 +390,7 @@ impl Delivery {
         // greeting (RFC 5321 5.1: try the others, then queue).
         let reply = match last_error {
             Some(r) if r.code < 500 => r,
-            Some(r) => Reply::new(451, Some(EnhancedCode(4, 4, 0)), &reply_text(&r)),
+            Some(r) => Reply::new(451, Some(EnhancedCode(4, 4, 0)), reply_text(&r)),
             None => Reply::new(451, Some(EnhancedCode(4, 4, 4)), "No MX host to try"),
         };
         all(&|| Outcome::Deferred {
@@ -403,7 +407,8 @@ impl Delivery {
         results: Vec<RcptResult>,
         mx: String,
     ) -> Vec<(usize, Outcome)> {
-        let keep = conn.reusable() && conn.transactions() < self.0.settings.max_messages_per_connection;
+        let keep =
+            conn.reusable() && conn.transactions() < self.0.settings.max_messages_per_connection;
         if keep {
             checkout.release(Some(conn));
         } else {
@@ -432,7 +437,14 @@ impl Delivery {
             let key = format!("route:{hop}");
             let addrs = match hop.ip() {
                 Some(ip) => vec![ip],
-                None => self.0.resolver.host_addrs(&hop.host).await?,
+                // A next hop that does not resolve is the operator's mistake, not the
+                // recipient's: keep the mail queued instead of bouncing it.
+                None => self.0.resolver.host_addrs(&hop.host).await.map_err(|e| {
+                    DnsError::Temporary {
+                        domain: hop.host.clone(),
+                        detail: format!("route next hop: {e}"),
+                    }
+                })?,
             };
             let targets = addrs
                 .into_iter()

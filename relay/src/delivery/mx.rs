@@ -85,20 +85,21 @@ impl DnsError {
     /// A synthesised SMTP reply describing the failure, for logs, the spool and bounces.
     pub fn to_reply(&self) -> Reply {
         let enhanced = Some(self.enhanced_code());
+        let code = if self.is_permanent() { 550 } else { 451 };
         match self {
-            DnsError::NullMx { .. } => Reply::new(550, enhanced, "Recipient address has null MX"),
+            DnsError::NullMx { .. } => Reply::new(code, enhanced, "Recipient address has null MX"),
             DnsError::NoSuchDomain { domain, detail } => Reply::new(
-                550,
+                code,
                 enhanced,
                 format!("Host or domain name not found: {domain}: {detail}"),
             ),
             DnsError::Temporary { domain, detail } => Reply::new(
-                451,
+                code,
                 enhanced,
                 format!("Temporary DNS failure for {domain}: {detail}"),
             ),
             DnsError::Setup(detail) => Reply::new(
-                451,
+                code,
                 enhanced,
                 format!("DNS resolver not available: {detail}"),
             ),

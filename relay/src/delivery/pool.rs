@@ -138,5 +138,7 @@ impl Drop for Checkout {
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the state stays
 /// consistent: every critical section above is panic-free).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

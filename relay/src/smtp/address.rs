@@ -319,7 +319,9 @@ fn parse_domain_or_literal(c: &mut Cursor<'_>) -> Result<String, AddressError> {
 /// address-literal = "[" ( IPv4-address-literal / IPv6-address-literal ) "]".
 /// General-address-literal tags are refused: none is registered that we could deliver to.
 fn parse_address_literal(c: &mut Cursor<'_>) -> Result<String, AddressError> {
-    let rest = c.s.get(c.pos..).ok_or(AddressError::InvalidAddressLiteral)?;
+    let rest =
+        c.s.get(c.pos..)
+            .ok_or(AddressError::InvalidAddressLiteral)?;
     let close = rest.find(']').ok_or(AddressError::InvalidAddressLiteral)?;
     let inner = &rest[1..close];
     let canonical = match inner.get(..5) {
@@ -353,7 +355,10 @@ mod tests {
 
     #[test]
     fn parses_plain_mailbox_and_lowercases_domain_only() {
-        assert_eq!(Mailbox::parse("John.Doe@Example.COM"), Ok(mb("John.Doe", "example.com")));
+        assert_eq!(
+            Mailbox::parse("John.Doe@Example.COM"),
+            Ok(mb("John.Doe", "example.com"))
+        );
     }
 
     #[test]
@@ -371,7 +376,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_dot_strings() {
-        for bad in [".a@x", "a.@x", "a..b@x", "a b@x", "a\"b@x", "a(b)@x", "a,b@x"] {
+        for bad in [
+            ".a@x", "a.@x", "a..b@x", "a b@x", "a\"b@x", "a(b)@x", "a,b@x",
+        ] {
             assert!(Mailbox::parse(bad).is_err(), "{bad}");
         }
     }
@@ -379,25 +386,46 @@ mod tests {
     #[test]
     fn rejects_bad_quoted_strings() {
         for bad in ["\"abc@x", "\"a\\\u{7}\"@x", "\"a\tb\"@x"] {
-            assert_eq!(Mailbox::parse(bad), Err(AddressError::InvalidLocalPart), "{bad:?}");
+            assert_eq!(
+                Mailbox::parse(bad),
+                Err(AddressError::InvalidLocalPart),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn reports_missing_domain() {
-        assert_eq!(Mailbox::parse("postmaster"), Err(AddressError::MissingDomain));
+        assert_eq!(
+            Mailbox::parse("postmaster"),
+            Err(AddressError::MissingDomain)
+        );
         assert_eq!(parse_path("<postmaster>"), Err(AddressError::MissingDomain));
     }
 
     #[test]
     fn rejects_bad_domains() {
-        for bad in ["a@", "a@-x.com", "a@x-.com", "a@x..com", "a@x.com.", "a@.x", "a@x_y.com"] {
+        for bad in [
+            "a@",
+            "a@-x.com",
+            "a@x-.com",
+            "a@x..com",
+            "a@x.com.",
+            "a@.x",
+            "a@x_y.com",
+        ] {
             assert!(Mailbox::parse(bad).is_err(), "{bad}");
         }
         let long_label = format!("a@{}.com", "x".repeat(64));
-        assert_eq!(Mailbox::parse(&long_label), Err(AddressError::InvalidDomain));
+        assert_eq!(
+            Mailbox::parse(&long_label),
+            Err(AddressError::InvalidDomain)
+        );
         let long_domain = format!("a@{}x", "x.".repeat(128));
-        assert_eq!(Mailbox::parse(&long_domain), Err(AddressError::DomainTooLong));
+        assert_eq!(
+            Mailbox::parse(&long_domain),
+            Err(AddressError::DomainTooLong)
+        );
     }
 
     #[test]
@@ -420,8 +448,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_address_literals() {
-        for bad in ["a@[1.2.3]", "a@[256.1.1.1]", "a@[IPv6:1.2.3.4]", "a@[tag:xyz]", "a@[1.2.3.4", "a@[]"] {
-            assert_eq!(Mailbox::parse(bad), Err(AddressError::InvalidAddressLiteral), "{bad}");
+        for bad in [
+            "a@[1.2.3]",
+            "a@[256.1.1.1]",
+            "a@[IPv6:1.2.3.4]",
+            "a@[tag:xyz]",
+            "a@[1.2.3.4",
+            "a@[]",
+        ] {
+            assert_eq!(
+                Mailbox::parse(bad),
+                Err(AddressError::InvalidAddressLiteral),
+                "{bad}"
+            );
         }
     }
 
@@ -447,7 +486,11 @@ mod tests {
         );
         assert_eq!(parse_path("<@a:u@b>"), Ok((Some(mb("u", "b")), 8)));
         for bad in ["<@a,u@b>", "<@:u@b>", "<@a;u@b>", "<@a,:u@b>"] {
-            assert_eq!(parse_path(bad), Err(AddressError::InvalidSourceRoute), "{bad}");
+            assert_eq!(
+                parse_path(bad),
+                Err(AddressError::InvalidSourceRoute),
+                "{bad}"
+            );
         }
     }
 

@@ -287,7 +287,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         Verb::Quit => no_args(Command::Quit, "QUIT"),
         Verb::Noop => Ok(Command::Noop),
         Verb::Help => Ok(Command::Help),
-        Verb::Vrfy if args.iter().all(|&b| b == b' ') => err(CommandErrorKind::Syntax("VRFY address")),
+        Verb::Vrfy if args.iter().all(|&b| b == b' ') => {
+            err(CommandErrorKind::Syntax("VRFY address"))
+        }
         Verb::Vrfy => Ok(Command::Vrfy),
         Verb::Bdat => parse_bdat(args).map_err(|k| CommandError::new(verb, k)),
     }
@@ -386,7 +388,10 @@ fn split_param(param: &str) -> Result<(&str, Option<&str>), CommandErrorKind> {
         Some((k, v)) => (k, Some(v)),
         None => (param, None),
     };
-    let key_ok = key.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    let key_ok = key
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !key_ok {
         return Err(CommandErrorKind::BadParam("malformed keyword"));
@@ -401,7 +406,10 @@ fn split_param(param: &str) -> Result<(&str, Option<&str>), CommandErrorKind> {
 }
 
 fn truncate(key: &str) -> String {
-    key.chars().take(32).collect::<String>().to_ascii_uppercase()
+    key.chars()
+        .take(32)
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 fn parse_bdat(args: &[u8]) -> Result<Command, CommandErrorKind> {
@@ -410,9 +418,7 @@ fn parse_bdat(args: &[u8]) -> Result<Command, CommandErrorKind> {
     if size.len() > 19 || !size.iter().all(u8::is_ascii_digit) {
         return Err(CommandErrorKind::Syntax(BDAT_SYNTAX));
     }
-    let size = size
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let size = size.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     let last = match words.next() {
         None => false,
         Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
@@ -438,7 +444,11 @@ mod tests {
 
     fn code(s: &str) -> String {
         let r = parse(s).unwrap_err().reply();
-        format!("{} {}", r.code, r.enhanced.map(|e| e.to_string()).unwrap_or_default())
+        format!(
+            "{} {}",
+            r.code,
+            r.enhanced.map(|e| e.to_string()).unwrap_or_default()
+        )
     }
 
     fn mb(local: &str, domain: &str) -> Mailbox {
@@ -452,7 +462,10 @@ mod tests {
     fn verbs_are_case_insensitive() {
         assert_eq!(parse("noop"), Ok(Command::Noop));
         assert_eq!(parse("QuIt"), Ok(Command::Quit));
-        assert_eq!(parse("ehlo Client.Example"), Ok(Command::Ehlo("Client.Example".into())));
+        assert_eq!(
+            parse("ehlo Client.Example"),
+            Ok(Command::Ehlo("Client.Example".into()))
+        );
         assert_eq!(parse("helo x"), Ok(Command::Helo("x".into())));
         assert_eq!(parse("rset  "), Ok(Command::Rset));
         assert_eq!(parse("data"), Ok(Command::Data));
@@ -463,7 +476,10 @@ mod tests {
         assert_eq!(code("EHLO"), "501 5.5.4");
         assert_eq!(code("HELO "), "501 5.5.4");
         assert_eq!(code("EHLO h\u{e9}llo"), "501 5.5.4");
-        assert_eq!(parse("EHLO [127.0.0.1] extra"), Ok(Command::Ehlo("[127.0.0.1]".into())));
+        assert_eq!(
+            parse("EHLO [127.0.0.1] extra"),
+            Ok(Command::Ehlo("[127.0.0.1]".into()))
+        );
     }
 
     #[test]
@@ -471,7 +487,13 @@ mod tests {
         assert_eq!(code("FOO bar"), "500 5.5.2");
         assert_eq!(code(""), "500 5.5.2");
         assert_eq!(code("MAILFROM:<a@b>"), "500 5.5.2");
-        for v in ["EXPN list", "ETRN example.com", "TURN", "STARTTLS", "AUTH PLAIN"] {
+        for v in [
+            "EXPN list",
+            "ETRN example.com",
+            "TURN",
+            "STARTTLS",
+            "AUTH PLAIN",
+        ] {
             assert_eq!(code(v), "502 5.5.1", "{v}");
         }
     }
@@ -493,14 +515,23 @@ mod tests {
 
     #[test]
     fn mail_from_accepts_null_and_optional_space() {
-        assert_eq!(parse("MAIL FROM:<>"), Ok(Command::Mail(ReversePath::Null, MailParams::default())));
+        assert_eq!(
+            parse("MAIL FROM:<>"),
+            Ok(Command::Mail(ReversePath::Null, MailParams::default()))
+        );
         assert_eq!(
             parse("mail from: <a@b.c>"),
-            Ok(Command::Mail(ReversePath::Mailbox(mb("a", "b.c")), MailParams::default()))
+            Ok(Command::Mail(
+                ReversePath::Mailbox(mb("a", "b.c")),
+                MailParams::default()
+            ))
         );
         assert_eq!(
             parse("MAIL From:<@x.y:a@b.c>"),
-            Ok(Command::Mail(ReversePath::Mailbox(mb("a", "b.c")), MailParams::default()))
+            Ok(Command::Mail(
+                ReversePath::Mailbox(mb("a", "b.c")),
+                MailParams::default()
+            ))
         );
     }
 
@@ -521,7 +552,8 @@ mod tests {
 
     #[test]
     fn mail_params_are_parsed() {
-        let Ok(Command::Mail(_, p)) = parse("MAIL FROM:<a@b> size=1000 Body=8bitmime SMTPUTF8") else {
+        let Ok(Command::Mail(_, p)) = parse("MAIL FROM:<a@b> size=1000 Body=8bitmime SMTPUTF8")
+        else {
             panic!("not parsed");
         };
         assert_eq!(
@@ -532,7 +564,8 @@ mod tests {
                 smtputf8: true
             }
         );
-        let Ok(Command::Mail(_, p)) = parse("MAIL FROM:<> BODY=7BIT  SIZE=99999999999999999999") else {
+        let Ok(Command::Mail(_, p)) = parse("MAIL FROM:<> BODY=7BIT  SIZE=99999999999999999999")
+        else {
             panic!("not parsed");
         };
         assert_eq!(p.body, Some(Body::SevenBit));
@@ -559,14 +592,20 @@ mod tests {
 
     #[test]
     fn utf8_sender_requires_smtputf8() {
-        assert_eq!(code("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example>"), "553 5.6.7");
+        assert_eq!(
+            code("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example>"),
+            "553 5.6.7"
+        );
         assert!(parse("MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example> SMTPUTF8").is_ok());
     }
 
     #[test]
     fn rcpt_to_parses_paths_and_refuses_params() {
         assert_eq!(parse("RCPT TO:<A@B.C>"), Ok(Command::Rcpt(mb("A", "b.c"))));
-        assert_eq!(parse("rcpt to: <a@[10.0.0.1]>"), Ok(Command::Rcpt(mb("a", "[10.0.0.1]"))));
+        assert_eq!(
+            parse("rcpt to: <a@[10.0.0.1]>"),
+            Ok(Command::Rcpt(mb("a", "[10.0.0.1]")))
+        );
         assert_eq!(
             parse("RCPT TO:<@hosta.int,@jkl.org:userc@d.bar.org>"),
             Ok(Command::Rcpt(mb("userc", "d.bar.org")))
@@ -589,10 +628,35 @@ mod tests {
 
     #[test]
     fn bdat_parses_size_and_last() {
-        assert_eq!(parse("BDAT 0 LAST"), Ok(Command::Bdat { size: 0, last: true }));
-        assert_eq!(parse("bdat 1000 last"), Ok(Command::Bdat { size: 1000, last: true }));
-        assert_eq!(parse("BDAT 12"), Ok(Command::Bdat { size: 12, last: false }));
-        for bad in ["BDAT", "BDAT x", "BDAT -1", "BDAT 1 FIRST", "BDAT 1 LAST x", "BDAT 99999999999999999999"] {
+        assert_eq!(
+            parse("BDAT 0 LAST"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("bdat 1000 last"),
+            Ok(Command::Bdat {
+                size: 1000,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("BDAT 12"),
+            Ok(Command::Bdat {
+                size: 12,
+                last: false
+            })
+        );
+        for bad in [
+            "BDAT",
+            "BDAT x",
+            "BDAT -1",
+            "BDAT 1 FIRST",
+            "BDAT 1 LAST x",
+            "BDAT 99999999999999999999",
+        ] {
             assert_eq!(code(bad), "501 5.5.4", "{bad}");
         }
     }
@@ -605,10 +669,25 @@ mod tests {
 
     #[test]
     fn group_ending_verbs_follow_rfc_2920() {
-        for v in [Verb::Ehlo, Verb::Helo, Verb::Data, Verb::Quit, Verb::Noop, Verb::Vrfy, Verb::Expn, Verb::Help] {
+        for v in [
+            Verb::Ehlo,
+            Verb::Helo,
+            Verb::Data,
+            Verb::Quit,
+            Verb::Noop,
+            Verb::Vrfy,
+            Verb::Expn,
+            Verb::Help,
+        ] {
             assert!(v.ends_pipeline_group(), "{v:?}");
         }
-        for v in [Verb::Mail, Verb::Rcpt, Verb::Rset, Verb::Bdat, Verb::Unknown] {
+        for v in [
+            Verb::Mail,
+            Verb::Rcpt,
+            Verb::Rset,
+            Verb::Bdat,
+            Verb::Unknown,
+        ] {
             assert!(!v.ends_pipeline_group(), "{v:?}");
         }
     }

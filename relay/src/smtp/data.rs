@@ -577,9 +577,18 @@ mod tests {
     #[test]
     fn bare_cr_is_rejected_in_both_modes() {
         assert_eq!(decode(b"a\rb\r\n.\r\n").1, Err(DataError::BareLineEnding));
-        assert_eq!(decode_normalized(b"a\rb\r\n.\r\n").1, Err(DataError::BareLineEnding));
-        assert_eq!(decode_normalized(b"a\r\r\n.\r\n").1, Err(DataError::BareLineEnding));
-        assert_eq!(decode_normalized(b".\rx\r\n.\r\n").1, Err(DataError::BareLineEnding));
+        assert_eq!(
+            decode_normalized(b"a\rb\r\n.\r\n").1,
+            Err(DataError::BareLineEnding)
+        );
+        assert_eq!(
+            decode_normalized(b"a\r\r\n.\r\n").1,
+            Err(DataError::BareLineEnding)
+        );
+        assert_eq!(
+            decode_normalized(b".\rx\r\n.\r\n").1,
+            Err(DataError::BareLineEnding)
+        );
     }
 
     #[test]
@@ -610,7 +619,10 @@ mod tests {
         let ok = b"12345678\r\n.\r\n";
         assert!(decode_with(l, ok).1.is_ok());
         let long = b"123456789\r\n.\r\n";
-        assert_eq!(decode_with(l, long).1, Err(DataError::LineTooLong { max: 10 }));
+        assert_eq!(
+            decode_with(l, long).1,
+            Err(DataError::LineTooLong { max: 10 })
+        );
         // The stuffing dot is not counted.
         assert!(decode_with(l, b"..2345678\r\n.\r\n").1.is_ok());
     }
@@ -654,12 +666,18 @@ mod tests {
         let two = b"Received: a\r\nReceived: b\r\n\r\nx\r\n.\r\n";
         assert!(decode_with(l, two).1.is_ok());
         let three = b"Received: a\r\nReceived: b\r\nReceived: c\r\n\r\nx\r\n.\r\n";
-        assert_eq!(decode_with(l, three).1, Err(DataError::TooManyHops { max: 2 }));
+        assert_eq!(
+            decode_with(l, three).1,
+            Err(DataError::TooManyHops { max: 2 })
+        );
     }
 
     #[test]
     fn eight_bit_content_is_flagged() {
-        let (_, r) = decode_with(limits(BareLineEnding::Reject), "h\u{e9}\r\n.\r\n".as_bytes());
+        let (_, r) = decode_with(
+            limits(BareLineEnding::Reject),
+            "h\u{e9}\r\n.\r\n".as_bytes(),
+        );
         assert!(r.unwrap().eight_bit);
         let (_, r) = decode_with(limits(BareLineEnding::Reject), b"plain\r\n.\r\n");
         assert!(!r.unwrap().eight_bit);

@@ -179,7 +179,10 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound) {
         tracing::info!(event = "connection_refused", client = %peer.ip(), reason = "too many connections", "connection limit reached");
         return;
     };
-    let relay_allowed = inbound.relay_networks.iter().any(|n| n.contains(&peer.ip()));
+    let relay_allowed = inbound
+        .relay_networks
+        .iter()
+        .any(|n| n.contains(&peer.ip()));
     let session = Session::new(
         Arc::clone(&inbound.session),
         ClientInfo {
@@ -203,7 +206,10 @@ impl Handler for RelayHandler<'_> {
         if self.inbound.spool.has_free_space() {
             Resolution::Accept
         } else {
-            tracing::warn!(event = "spool_full", "refusing mail: spool below min_free_space");
+            tracing::warn!(
+                event = "spool_full",
+                "refusing mail: spool below min_free_space"
+            );
             Resolution::Reject(Reply::new(
                 452,
                 Some(EnhancedCode(4, 3, 1)),
@@ -276,5 +282,7 @@ impl Handler for RelayHandler<'_> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

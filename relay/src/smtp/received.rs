@@ -28,12 +28,12 @@ pub struct ReceivedInfo<'a> {
 /// the RFC 5322 limit of 998 octets whatever the client sent.
 const MAX_HELO_IN_HEADER: usize = 255;
 
-/// Builds the trace field, folded with CRLF TAB and ending in CRLF:
+/// Builds the trace field, folded with CRLF TAB (shown as spaces) and ending in CRLF:
 ///
 /// ```text
 /// Received: from helo.name ([127.0.0.1])
-/// 	by relay.test (relay) with ESMTP id ID
-/// 	for <rcpt@example.com>; Mon, 23 Nov 2026 13:45:00 +0000
+///     by relay.test (relay) with ESMTP id ID
+///     for <rcpt@example.com>; Mon, 23 Nov 2026 13:45:00 +0000
 /// ```
 pub fn received_header(info: &ReceivedInfo<'_>) -> String {
     let mut h = String::with_capacity(160);
@@ -117,11 +117,26 @@ mod tests {
     fn formats_known_dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_709_164_799), "Wed, 28 Feb 2024 23:59:59 +0000");
-        assert_eq!(rfc5322_date(1_709_251_200), "Fri, 1 Mar 2024 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_798_033_500), "Wed, 23 Dec 2026 13:45:00 +0000");
-        assert_eq!(rfc5322_date(1_795_441_500), "Mon, 23 Nov 2026 13:45:00 +0000");
-        assert_eq!(rfc5322_date(4_102_444_800), "Fri, 1 Jan 2100 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_709_164_799),
+            "Wed, 28 Feb 2024 23:59:59 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_709_251_200),
+            "Fri, 1 Mar 2024 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_798_033_500),
+            "Wed, 23 Dec 2026 13:45:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_795_441_500),
+            "Mon, 23 Nov 2026 13:45:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(4_102_444_800),
+            "Fri, 1 Jan 2100 00:00:00 +0000"
+        );
     }
 
     #[test]

@@ -144,7 +144,10 @@ mod tests {
             r.to_bytes(),
             b"250-relay.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
         );
-        assert_eq!(r.to_string(), "250-relay.test\n250-PIPELINING\n250 CHUNKING");
+        assert_eq!(
+            r.to_string(),
+            "250-relay.test\n250-PIPELINING\n250 CHUNKING"
+        );
     }
 
     #[test]

@@ -39,7 +39,11 @@ impl fmt::Display for MessageId {
         let mut out = [0u8; 26];
         for (i, slot) in out.iter_mut().enumerate() {
             let shift = 125 - 5 * i as i32;
-            let bits = if shift >= 0 { (self.0 >> shift) & 31 } else { (self.0 << -shift) & 31 };
+            let bits = if shift >= 0 {
+                (self.0 >> shift) & 31
+            } else {
+                (self.0 << -shift) & 31
+            };
             *slot = ALPHABET[bits as usize];
         }
         f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
@@ -64,9 +68,14 @@ impl FromStr for MessageId {
             let digit = ALPHABET
                 .iter()
                 .position(|a| *a == c.to_ascii_uppercase())
-                .ok_or_else(|| format!("\"{s}\" is not a message id"))? as u128;
+                .ok_or_else(|| format!("\"{s}\" is not a message id"))?
+                as u128;
             let shift = 125 - 5 * i as i32;
-            value |= if shift >= 0 { digit << shift } else { digit >> -shift };
+            value |= if shift >= 0 {
+                digit << shift
+            } else {
+                digit >> -shift
+            };
         }
         Ok(MessageId(value))
     }

@@ -241,7 +241,11 @@ impl Spool {
 
     /// Queues a message: body, entry and schedule key in one synced write.
     /// Returns only once the write is on disk.
-    pub async fn insert(&self, id: MessageId, message: NewMessage<'_>) -> Result<QueueEntry, SpoolError> {
+    pub async fn insert(
+        &self,
+        id: MessageId,
+        message: NewMessage<'_>,
+    ) -> Result<QueueEntry, SpoolError> {
         let now = now_ms();
         let mut body = Vec::with_capacity(message.prefix.len() + message.body.len());
         body.extend_from_slice(message.prefix);
@@ -282,14 +286,20 @@ impl Spool {
     /// Reads a message's queue entry.
     pub fn entry(&self, id: MessageId) -> Result<Option<QueueEntry>, SpoolError> {
         let cf = self.cf(CF_QUEUE)?;
-        match self.db.get_pinned_cf(cf, id.key()).map_err(SpoolError::from_rocks)? {
+        match self
+            .db
+            .get_pinned_cf(cf, id.key())
+            .map_err(SpoolError::from_rocks)?
+        {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| SpoolError::Corrupt {
-                    id,
-                    reason: e.to_string(),
-                }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| SpoolError::Corrupt {
+                        id,
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -301,13 +311,24 @@ impl Spool {
 
     /// Operations that replace `old`'s schedule key and entry with `entry`'s (or remove the
     /// message entirely when it is done).
-    pub(crate) fn update_ops(id: MessageId, old_due_ms: u64, entry: &QueueEntry) -> Result<Vec<Op>, SpoolError> {
-        let mut ops = vec![Op::delete(CF_SCHEDULE, schedule_key(old_due_ms, id).to_vec())];
+    pub(crate) fn update_ops(
+        id: MessageId,
+        old_due_ms: u64,
+        entry: &QueueEntry,
+    ) -> Result<Vec<Op>, SpoolError> {
+        let mut ops = vec![Op::delete(
+            CF_SCHEDULE,
+            schedule_key(old_due_ms, id).to_vec(),
+        )];
         if entry.is_done() {
             ops.push(Op::delete(CF_QUEUE, id.key().to_vec()));
             ops.push(Op::delete(CF_BODY, id.key().to_vec()));
         } else {
-            ops.push(Op::put(CF_SCHEDULE, schedule_key(entry.due_ms, id).to_vec(), Vec::new()));
+            ops.push(Op::put(
+                CF_SCHEDULE,
+                schedule_key(entry.due_ms, id).to_vec(),
+                Vec::new(),
+            ));
             ops.push(Op::put(CF_QUEUE, id.key().to_vec(), encode(entry)?));
         }
         Ok(ops)
@@ -357,9 +378,9 @@ impl Spool {
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound(floor_ms.to_be_bytes().to_vec());
         let start = floor_ms.to_be_bytes();
-        let iter = self
-            .db
-            .iterator_cf_opt(cf, read, IteratorMode::From(&start, Direction::Forward));
+        let iter =
+            self.db
+                .iterator_cf_opt(cf, read, IteratorMode::From(&start, Direction::Forward));
         let mut scan = DueScan {
             due: Vec::new(),
             more: false,
@@ -491,15 +512,18 @@ mod tests {
             let spool = Spool::open(dir.path(), 0).expect("open");
             let id = MessageId::generate();
             spool
-                .insert(id, NewMessage {
-                    mail_from: ReversePath::Mailbox(mailbox("a@x.test")),
-                    recipients: vec![mailbox("b@y.test"), mailbox("c@z.test")],
-                    prefix: b"Received: test\r\n",
-                    body: b"Subject: hi\r\n\r\nbody\r\n",
-                    client: None,
-                    eight_bit: false,
-                    smtputf8: false,
-                })
+                .insert(
+                    id,
+                    NewMessage {
+                        mail_from: ReversePath::Mailbox(mailbox("a@x.test")),
+                        recipients: vec![mailbox("b@y.test"), mailbox("c@z.test")],
+                        prefix: b"Received: test\r\n",
+                        body: b"Subject: hi\r\n\r\nbody\r\n",
+                        client: None,
+                        eight_bit: false,
+                        smtputf8: false,
+                    },
+                )
                 .await
                 .expect("insert");
             id
@@ -507,7 +531,10 @@ mod tests {
         let spool = Spool::open(dir.path(), 0).expect("reopen");
         let entry = spool.entry(id).expect("read").expect("present");
         assert_eq!(entry.recipients.len(), 2);
-        assert!(entry.recipients.iter().all(|r| r.state == RcptState::Pending));
+        assert!(entry
+            .recipients
+            .iter()
+            .all(|r| r.state == RcptState::Pending));
         let body = spool.body(id).expect("read").expect("present");
         assert!(body.starts_with(b"Received: test\r\nSubject: hi"));
         let scan = spool
@@ -523,15 +550,16 @@ mod tests {
         runtime().block_on(async {
             let mut ids = Vec::new();
             for due in [100u64, 200, 300, 5_000] {
-                let (id, _, mut ops) = Spool::new_message_ops(
-                    ReversePath::Null,
-                    mailbox("r@x.test"),
-                    b"x".to_vec(),
-                )
-                .expect("ops");
+                let (id, _, mut ops) =
+                    Spool::new_message_ops(ReversePath::Null, mailbox("r@x.test"), b"x".to_vec())
+                        .expect("ops");
                 // Move the schedule key to a chosen due time.
                 ops.pop();
-                ops.push(Op::put(CF_SCHEDULE, schedule_key(due, id).to_vec(), Vec::new()));
+                ops.push(Op::put(
+                    CF_SCHEDULE,
+                    schedule_key(due, id).to_vec(),
+                    Vec::new(),
+                ));
                 spool.commit(ops).await.expect("commit");
                 ids.push(id);
             }
@@ -543,7 +571,9 @@ mod tests {
             let limited = spool.scan_due(1_000, 0, 1, &in_flight).expect("scan");
             assert_eq!(limited.due, vec![ids[1]]);
             assert!(limited.more);
-            let floored = spool.scan_due(1_000, 250, 10, &HashSet::new()).expect("scan");
+            let floored = spool
+                .scan_due(1_000, 250, 10, &HashSet::new())
+                .expect("scan");
             assert_eq!(floored.due, vec![ids[2]]);
         });
     }
@@ -555,15 +585,18 @@ mod tests {
         runtime().block_on(async {
             let id = MessageId::generate();
             let mut entry = spool
-                .insert(id, NewMessage {
-                    mail_from: ReversePath::Null,
-                    recipients: vec![mailbox("b@y.test")],
-                    prefix: b"",
-                    body: b"x\r\n",
-                    client: None,
-                    eight_bit: false,
-                    smtputf8: false,
-                })
+                .insert(
+                    id,
+                    NewMessage {
+                        mail_from: ReversePath::Null,
+                        recipients: vec![mailbox("b@y.test")],
+                        prefix: b"",
+                        body: b"x\r\n",
+                        client: None,
+                        eight_bit: false,
+                        smtputf8: false,
+                    },
+                )
                 .await
                 .expect("insert");
             let old_due = entry.due_ms;
@@ -573,7 +606,9 @@ mod tests {
             assert!(spool.entry(id).expect("read").is_none());
             assert!(spool.body(id).expect("read").is_none());
             assert_eq!(spool.count().expect("count"), 0);
-            let scan = spool.scan_due(u64::MAX, 0, 10, &HashSet::new()).expect("scan");
+            let scan = spool
+                .scan_due(u64::MAX, 0, 10, &HashSet::new())
+                .expect("scan");
             assert!(scan.due.is_empty());
         });
     }
@@ -586,7 +621,10 @@ mod tests {
             let cf = spool.db.cf_handle(CF_META).expect("meta");
             spool.db.put_cf(cf, SCHEMA_KEY, b"99").expect("put");
         }
-        let err = Spool::open(dir.path(), 0).err().expect("refused").to_string();
+        let err = Spool::open(dir.path(), 0)
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(err.contains("schema version 99"), "{err}");
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
     }

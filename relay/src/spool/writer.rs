@@ -70,10 +70,13 @@ impl Handle {
     pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
         let (done, wait) = oneshot::channel();
         let tx = self.0.tx.as_ref().ok_or(SpoolError::Closed)?;
-        tx.send(Request { ops, done }).map_err(|_| SpoolError::Closed)?;
+        tx.send(Request { ops, done })
+            .map_err(|_| SpoolError::Closed)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(text)) if text.contains("No space left on device") => Err(SpoolError::Full(text)),
+            Ok(Err(text)) if text.contains("No space left on device") => {
+                Err(SpoolError::Full(text))
+            }
             Ok(Err(text)) => Err(SpoolError::Io(text)),
             Err(_) => Err(SpoolError::Closed),
         }
@@ -121,11 +124,15 @@ fn write_group(db: &DB, group: &mut [Request], options: &WriteOptions) -> Result
         for op in request.ops.drain(..) {
             match op {
                 Op::Put(cf, key, value) => {
-                    let handle = db.cf_handle(cf).ok_or_else(|| format!("column family {cf} missing"))?;
+                    let handle = db
+                        .cf_handle(cf)
+                        .ok_or_else(|| format!("column family {cf} missing"))?;
                     batch.put_cf(handle, key, value);
                 }
                 Op::Delete(cf, key) => {
-                    let handle = db.cf_handle(cf).ok_or_else(|| format!("column family {cf} missing"))?;
+                    let handle = db
+                        .cf_handle(cf)
+                        .ok_or_else(|| format!("column family {cf} missing"))?;
                     batch.delete_cf(handle, key);
                 }
             }

@@ -1,0 +1,62 @@
+//! Fuzzes the whole session: arbitrary client bytes in arbitrary reads never panic,
+//! never buffer past the line limit, and every reply line is well formed.
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use relay::smtp::{BareLineEnding, ClientInfo, Resolution, Session, SessionConfig, Step};
+
+fuzz_target!(|data: &[u8]| {
+    let [flags, split, input @ ..] = data else {
+        return;
+    };
+    let config = SessionConfig {
+        hostname: "relay.test".into(),
+        max_message_size: 4096,
+        max_recipients: 4,
+        max_line_length: 128,
+        max_errors: 20,
+        max_hops: 5,
+        bare_line_ending: if flags & 1 != 0 {
+            BareLineEnding::Normalize
+        } else {
+            BareLineEnding::Reject
+        },
+    };
+    let max_line = config.max_line_length;
+    let client = ClientInfo {
+        peer: "127.0.0.1".parse().unwrap(),
+        relay_allowed: flags & 2 == 0,
+    };
+    let mut session = Session::new(Arc::new(config), client);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut n = 0u32;
+    'reads: for piece in input.chunks(usize::from(*split).max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match session.process(&mut buf, &mut out) {
+                Step::NeedInput => {
+                    // Only an incomplete command line stays buffered, and it is short.
+                    assert!(buf.len() < max_line, "buffered {} bytes", buf.len());
+                    break;
+                }
+                Step::Close => break 'reads,
+                Step::CheckMail(_) | Step::CheckRcpt(_) => {
+                    session.resolve(Resolution::Accept, &mut out)
+                }
+                Step::Message(m) => {
+                    assert!(m.body.len() <= 4096);
+                    n += 1;
+                    session.resolve(Resolution::Queued(format!("Q{n}")), &mut out);
+                }
+            }
+        }
+    }
+    for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        assert!(line.ends_with(b"\r"), "reply line without CRLF");
+        assert!(line.len() >= 4 && line[..3].iter().all(u8::is_ascii_digit));
+        assert!(line[3] == b' ' || line[3] == b'-');
+    }
+});
