@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Accept rate and end-to-end throughput of the relay, on loopback only.
+#
+#   bench/accept-rate.sh [RELAY_BINARY]      (default: $CARGO_TARGET_DIR/release/relay)
+#
+# 1. Accept rate: countsink <- relay <- loadgen with 1, 10 and 50 sessions,
+#    2 KB messages; a table of accepted msgs/s and p50/p99 accept latency
+#    (end of DATA -> 250, which includes the relay's fsync). Between rows the
+#    script waits for the relay to hand the previous row's mail to the sink, so
+#    each row starts with an empty queue.
+# 2. End to end: a fresh relay and sink; 10,000 messages at 50 sessions, timed
+#    from loadgen's start to the sink receiving the last one.
+#
+# Environment: CARGO_TARGET_DIR (where loadgen/countsink are, built if missing),
+# SIZE (bytes, 2048), RUNS ("sessions:messages ...", "1:2000 10:5000 50:10000"),
+# E2E_MESSAGES (10000), E2E_SESSIONS (50), DRAIN_TIMEOUT (s, 300).
+# Every process it starts is stopped on exit, and its temp dir removed.
+set -euo pipefail
+
+: "${CARGO_TARGET_DIR:=$HOME/.cache/relay-target}"
+export CARGO_TARGET_DIR
+RELAY=${1:-$CARGO_TARGET_DIR/release/relay}
+LOADGEN=$CARGO_TARGET_DIR/release/loadgen
+COUNTSINK=$CARGO_TARGET_DIR/release/countsink
+SIZE=${SIZE:-2048}
+RUNS=${RUNS:-"1:2000 10:5000 50:10000"}
+E2E_MESSAGES=${E2E_MESSAGES:-10000}
+E2E_SESSIONS=${E2E_SESSIONS:-50}
+DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
+
+if [[ ! -x $RELAY ]]; then
+    echo "accept-rate: no relay binary at $RELAY (build it: cargo build --release -p relay)" >&2
+    exit 2
+fi
+if [[ ! -x $LOADGEN || ! -x $COUNTSINK ]]; then
+    (cd "$(dirname "$0")/.." && cargo build --release -p relay-bench)
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-bench.XXXXXX")
+PIDS=()
+
+# Stops one process we started: TERM, up to 10 s, then KILL.
+stop() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop "$pid"
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for FILE REGEX PID SECS: prints the first line of FILE matching REGEX,
+# failing if PID exits or SECS pass first.
+wait_for() {
+    local file=$1 regex=$2 pid=$3 secs=$4 line
+    for _ in $(seq $((secs * 10))); do
+        line=$(grep -m1 -E "$regex" "$file" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            echo "$line"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "accept-rate: no line matching '$regex' in $file after ${secs}s; it says:" >&2
+    tail -n 20 "$file" >&2
+    return 1
+}
+
+# json FILE KEY: the first numeric value of "KEY" in a one-line JSON file ("-" if absent or null).
+json() {
+    local v
+    v=$(grep -o "\"$2\":[-0-9.eE+]*" "$1" | head -n1 | cut -d: -f2)
+    echo "${v:--}"
+}
+
+# start_stack NAME [countsink flags...]: a countsink and a relay routing every
+# domain to it; sets SINK_PID, SINK_OUT, SINK_ERR, RELAY_PID, RELAY_ADDR.
+start_stack() {
+    local dir=$TMP/$1
+    shift
+    mkdir -p "$dir"
+    SINK_OUT=$dir/sink.out
+    SINK_ERR=$dir/sink.err
+    "$COUNTSINK" --listen 127.0.0.1:0 "$@" >"$SINK_OUT" 2>"$SINK_ERR" &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    local sink_addr
+    sink_addr=$(wait_for "$SINK_OUT" '^listening on ' "$SINK_PID" 10)
+    sink_addr=${sink_addr#listening on }
+
+    cat >"$dir/relay.toml" <<EOF
+[server]
+listen = ["127.0.0.1:0"]
+hostname = "relay.bench"
+max_connections_per_ip = 1000
+
+[spool]
+path = "$dir/spool"
+min_free_space = 0
+
+[delivery]
+max_connections_per_destination = 20
+
+[[route]]
+domain = "*"
+next_hop = "$sink_addr"
+
+[log]
+format = "json"
+# Warnings, plus the serve module's info lines, of which we need "listening".
+level = "warn,relay::serve=info"
+EOF
+    "$RELAY" serve --config "$dir/relay.toml" >/dev/null 2>"$dir/relay.log" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    local line
+    line=$(wait_for "$dir/relay.log" '"event":"listening"' "$RELAY_PID" 60)
+    RELAY_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
+}
+
+# The countsink's message count from its last --progress line.
+sink_count() {
+    local n
+    n=$(grep -o ' [0-9]* messages' "$SINK_ERR" 2>/dev/null | tail -n1 | tr -dc 0-9)
+    echo "${n:-0}"
+}
+
+# drain TOTAL: waits until the sink has TOTAL messages (or DRAIN_TIMEOUT passes).
+drain() {
+    local total=$1
+    for _ in $(seq $((DRAIN_TIMEOUT * 10))); do
+        (($(sink_count) >= total)) && return 0
+        sleep 0.1
+    done
+    echo "accept-rate: the sink has $(sink_count) of $total messages after ${DRAIN_TIMEOUT}s" >&2
+    return 1
+}
+
+failed=0
+echo "relay: $RELAY"
+echo "message size: $SIZE bytes; every domain routed to countsink; all on 127.0.0.1"
+echo
+
+# 1. Accept rate.
+start_stack accept --progress
+echo "accept rate (relay at $RELAY_ADDR):"
+printf '%8s %9s %9s %7s %10s %9s %9s %9s\n' sessions messages accepted failed "msgs/s" "p50 ms" "p99 ms" "max ms"
+delivered=0
+for run in $RUNS; do
+    sessions=${run%%:*}
+    messages=${run##*:}
+    out=$TMP/accept/load-$sessions.json
+    "$LOADGEN" --server "$RELAY_ADDR" --sessions "$sessions" --messages "$messages" \
+        --size "$SIZE" --json --allow-failures >"$out"
+    accepted=$(json "$out" accepted)
+    bad=$(($(json "$out" rejected) + $(json "$out" errors)))
+    ((bad == 0)) || failed=1
+    printf '%8s %9s %9s %7s %10.1f %9s %9s %9s\n' "$sessions" "$messages" "$accepted" "$bad" \
+        "$(json "$out" accepted_per_s)" "$(json "$out" p50)" "$(json "$out" p99)" "$(json "$out" max)"
+    if ((bad > 0)); then
+        grep -o '"first_error":"[^"]*"' "$out" >&2 || true
+    fi
+    delivered=$((delivered + accepted))
+    drain "$delivered" || failed=1
+done
+stop "$RELAY_PID"
+stop "$SINK_PID"
+echo
+
+# 2. End to end, on a fresh relay and spool.
+start_stack e2e --expect "$E2E_MESSAGES" --timeout $((DRAIN_TIMEOUT + 120)) --json
+out=$TMP/e2e/load.json
+"$LOADGEN" --server "$RELAY_ADDR" --sessions "$E2E_SESSIONS" --messages "$E2E_MESSAGES" \
+    --size "$SIZE" --json --allow-failures >"$out"
+accepted=$(json "$out" accepted)
+if ((accepted < E2E_MESSAGES)); then
+    echo "end to end: the relay accepted only $accepted of $E2E_MESSAGES messages; not timed" >&2
+    grep -o '"first_error":"[^"]*"' "$out" >&2 || true
+    exit 1
+fi
+# countsink exits by itself when it has them all (or at its --timeout).
+while kill -0 "$SINK_PID" 2>/dev/null; do
+    sleep 0.1
+done
+sink_json=$(tail -n1 "$SINK_OUT")
+if [[ $sink_json != *'"complete":true'* ]]; then
+    echo "end to end: the sink did not get all $E2E_MESSAGES messages: $sink_json" >&2
+    exit 1
+fi
+echo "$sink_json" >"$TMP/e2e/sink.json"
+start_us=$(json "$out" start_unix_us)
+last_us=$(json "$TMP/e2e/sink.json" last_unix_us)
+awk -v n="$E2E_MESSAGES" -v s="$E2E_SESSIONS" -v start="$start_us" -v last="$last_us" \
+    -v accept_s="$(json "$out" elapsed_s)" -v size="$SIZE" 'BEGIN {
+    e = (last - start) / 1e6
+    printf "end to end: %d messages of %d bytes at %d sessions\n", n, size, s
+    printf "  accepted by the relay in %.3f s (%.1f msgs/s)\n", accept_s, n / accept_s
+    printf "  all in the sink %.3f s after the first was sent: %.1f msgs/s end to end\n", e, n / e
+}'
+exit "$failed"
