@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 # Keep build output outside the clone so fresh clones (and CI) reuse the RocksDB build.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/relay-target
-APT_PACKAGES := libclang-dev clang swaks
+APT_PACKAGES := libclang-dev clang swaks strace
 SINK_ADDR ?= 127.0.0.1:2600
 
 .PHONY: run test setup build sink check fmt clippy fuzz

@@ -13,3 +13,4 @@ mod crash;
 mod delivery;
 mod inbound;
 mod smuggling;
+mod spool;
