@@ -258,3 +258,52 @@ async fn null_mx_domain_bounces_at_once_with_status_5_1_10() {
         "no retry for a null MX"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_still_deferred_at_max_age_bounces_with_status_5_4_7() {
+    let net = Net::unique();
+    let always_busy = Sink::builder().rcpt_policy(|rcpt, _| {
+        (rcpt == "later@dest.test").then(|| (451, "4.3.0 try again later".to_string()))
+    });
+    let group = SinkGroup::start(
+        vec![(net.ip(1), Sink::builder()), (net.ip(2), always_busy)],
+        &[],
+    )
+    .await;
+    let dns = DnsServer::start(zone(net.ip(1), net.ip(2))).await;
+    let config = RelayConfig::new(dns.addr(), group.port)
+        .retry_schedule(&["1s"])
+        .set("delivery", "max_age", "\"3s\"");
+    let relay = RelayProcess::start(&config.to_toml()).await;
+    let body = message(
+        "alice@sender.test",
+        &["later@dest.test"],
+        "expire me",
+        &new_message_id(),
+        "x",
+    );
+    let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
+    let queue_id = client
+        .send_mail("alice@sender.test", &["later@dest.test"], &body)
+        .await
+        .expect("accepted");
+
+    let bounced = relay
+        .wait_for_event("bounced", &[("msg_id", &queue_id)], WAIT)
+        .await;
+    assert!(
+        field(&bounced, "reply").is_some_and(|r| r.contains("5.4.7") && r.contains("451")),
+        "the expiry bounce names the last error: {bounced}"
+    );
+    let deferrals = relay.events("deferred", &[("msg_id", &queue_id)]);
+    assert!(deferrals.len() >= 2, "retried until max_age: {deferrals:?}");
+
+    let dsns = group.sinks[0].wait_for(1, WAIT).await;
+    let (_, fields) = check_dsn(&dsns[0], "alice@sender.test");
+    assert_eq!(fields_named(&fields, "Status"), vec!["5.4.7"], "{fields:?}");
+    assert_eq!(
+        fields_named(&fields, "Action"),
+        vec!["failed"],
+        "{fields:?}"
+    );
+}

@@ -318,3 +318,92 @@ async fn commands_pipelined_after_helo_are_refused() {
         "DATA must not be accepted: {replies:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_ip_limit_get_421_and_the_slot_frees_on_close() {
+    let (_sink, _dns, relay) = world(|c| c.set("server", "max_connections_per_ip", "2")).await;
+    let first = SmtpClient::connect(relay.addr()).await.expect("first");
+    let second = SmtpClient::connect(relay.addr()).await.expect("second");
+    let mut third = SmtpClient::connect_raw(relay.addr()).await.expect("third");
+    let (replies, closed) = third.read_until_closed(Duration::from_secs(5)).await;
+    assert!(closed, "the third connection is closed: {replies:?}");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_reply(&replies[0], 421, "4.7.0");
+
+    // Another client address is counted on its own.
+    let other = SmtpClient::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), relay.addr())
+        .await
+        .expect("other ip");
+    assert_eq!(other.greeting().code, 220);
+
+    // Closing one frees its place.
+    first.quit().await.expect("quit");
+    drop(second);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let c = SmtpClient::connect_raw(relay.addr())
+            .await
+            .expect("connect");
+        let mut c = c;
+        let (replies, _) = c.read_until_closed(Duration::from_millis(500)).await;
+        if replies.first().is_some_and(|r| r.code == 220) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot never freed: {replies:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_is_told_421_4_4_2_and_disconnected_after_command_timeout() {
+    let (_sink, _dns, relay) = world(|c| c.set("server", "command_timeout", "\"1s\"")).await;
+    let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
+    c.ehlo("slow.test").await.expect("ehlo");
+    let started = std::time::Instant::now();
+    let (replies, closed) = c.read_until_closed(Duration::from_secs(10)).await;
+    assert!(closed, "{replies:?}");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_reply(&replies[0], 421, "4.4.2");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_with_more_received_headers_than_max_hops_is_refused_as_a_loop() {
+    let (sink, _dns, relay) = world(|c| c.set("server", "max_hops", "5")).await;
+    let trace = "Received: from a by b; Mon, 23 Nov 2026 10:00:00 +0000\r\n";
+    let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
+    let looped = format!("{}{}", trace.repeat(6), "Subject: loop\r\n\r\nbody\r\n");
+    let err = c
+        .send_mail("a@x.test", &["b@y.test"], looped.as_bytes())
+        .await
+        .expect_err("refused");
+    assert_reply(err.reply().expect("reply"), 554, "5.4.6");
+    // At the limit it is accepted, and our own Received makes it one more downstream.
+    let fine = format!("{}{}", trace.repeat(5), "Subject: ok\r\n\r\nbody\r\n");
+    c.send_mail("a@x.test", &["b@y.test"], fine.as_bytes())
+        .await
+        .expect("accepted");
+    let got = sink.wait_for(1, WAIT).await;
+    let text = String::from_utf8_lossy(&got[0].data).to_string();
+    assert_eq!(text.matches("Received:").count(), 6, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_line_longer_than_the_limit_is_refused_at_end_of_data() {
+    let (sink, _dns, relay) = world(|c| c).await;
+    let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
+    let long = format!("Subject: long\r\n\r\n{}\r\nnext line\r\n", "x".repeat(999));
+    let err = c
+        .send_mail("a@x.test", &["b@y.test"], long.as_bytes())
+        .await
+        .expect_err("refused");
+    assert_reply(err.reply().expect("reply"), 500, "5.5.2");
+    // The session stays usable and a 998-octet line (1000 with CRLF) is fine.
+    let ok = format!("Subject: ok\r\n\r\n{}\r\n", "x".repeat(998));
+    c.send_mail("a@x.test", &["b@y.test"], ok.as_bytes())
+        .await
+        .expect("accepted");
+    assert_eq!(sink.wait_for(1, WAIT).await.len(), 1);
+}
