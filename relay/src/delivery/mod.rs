@@ -178,17 +178,25 @@ impl Delivery {
 
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         {
-            let mut by_domain: BTreeMap<String, Vec<(usize, Mailbox)>> = BTreeMap::new();
+            // One transaction per destination: a domain, or a route's next hop shared by
+            // every domain it serves.
+            let mut by_destination: BTreeMap<String, (String, Vec<(usize, Mailbox)>)> =
+                BTreeMap::new();
             for (i, r) in entry.recipients.iter().enumerate() {
                 if r.is_due(now) {
-                    by_domain
-                        .entry(r.addr.domain.clone())
-                        .or_default()
+                    let key = match self.0.settings.route_for(&r.addr.domain) {
+                        Some(hop) => format!("route:{hop}"),
+                        None => r.addr.domain.clone(),
+                    };
+                    by_destination
+                        .entry(key)
+                        .or_insert_with(|| (r.addr.domain.clone(), Vec::new()))
+                        .1
                         .push((i, r.addr.clone()));
                 }
             }
             let mut groups = JoinSet::new();
-            for (domain, rcpts) in by_domain {
+            for (_, (domain, rcpts)) in by_destination {
                 let this = self.clone();
                 let body = Arc::clone(&body);
                 let from = entry.mail_from.clone();
@@ -322,7 +330,7 @@ impl Delivery {
         }
     }
 
-    /// Sends one message to the recipients of one domain.
+    /// Sends one message to the recipients of one destination (`domain` picks the route or MX).
     #[allow(clippy::too_many_arguments)]
     async fn deliver_group(
         &self,

@@ -339,6 +339,11 @@ async fn catch_all_route_sends_every_domain_to_the_next_hop() {
         .await;
     assert_eq!(rcpt_set(&upstream.messages()), set(&rcpts));
     assert_eq!(
+        upstream.messages().len(),
+        1,
+        "domains sharing a next hop travel in one transaction"
+    );
+    assert_eq!(
         dns.total_queries(),
         0,
         "no lookups at all: {:?}",
