@@ -45,5 +45,11 @@ fmt:
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 
-fuzz:
-	$(MAKE) -C fuzz run
+# Each fuzz target for FUZZ_SECONDS (see fuzz/README.md); installs cargo-fuzz if missing.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && cargo fuzz build -s none && for t in command_parser data_decoder session; do \
+	  mkdir -p corpus/$$t && \
+	  cargo fuzz run -s none $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
