@@ -465,3 +465,77 @@ async fn mx_is_asked_again_after_its_ttl_expired() {
         dns.questions()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_messages_to_one_mx_reuse_the_open_connection() {
+    let net = Net::unique();
+    let group = SinkGroup::start(vec![(net.ip(1), Sink::builder())], &[]).await;
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("reuse.test", 10, "mx.reuse.test")
+            .a("mx.reuse.test", net.ip(1)),
+    )
+    .await;
+    let config =
+        RelayConfig::new(dns.addr(), group.port).set("delivery", "idle_timeout", "\"30s\"");
+    let relay = RelayProcess::start(&config.to_toml()).await;
+    let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
+    for i in 0..3 {
+        let body = message(
+            "s@client.test",
+            &["r@reuse.test"],
+            &format!("reuse {i}"),
+            &new_message_id(),
+            "x",
+        );
+        client
+            .send_mail("s@client.test", &["r@reuse.test"], &body)
+            .await
+            .expect("accepted");
+        // One after the other: each delivery finishes before the next message exists.
+        group.sinks[0].wait_for(i + 1, WAIT).await;
+    }
+    assert_eq!(group.sinks[0].messages().len(), 3);
+    assert_eq!(
+        group.sinks[0].connections(),
+        1,
+        "the second and third message reuse the first connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_one_destination_stay_within_the_configured_limit() {
+    let net = Net::unique();
+    let slow = Sink::builder().data_delay(Duration::from_millis(300));
+    let group = SinkGroup::start(vec![(net.ip(1), slow)], &[]).await;
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("capped.test", 10, "mx.capped.test")
+            .a("mx.capped.test", net.ip(1)),
+    )
+    .await;
+    let config = RelayConfig::new(dns.addr(), group.port)
+        .set("delivery", "max_connections_per_destination", "2")
+        .set("delivery", "idle_timeout", "\"30s\"");
+    let relay = RelayProcess::start(&config.to_toml()).await;
+    let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
+    for i in 0..8 {
+        let body = message(
+            "s@client.test",
+            &["r@capped.test"],
+            &format!("cap {i}"),
+            &new_message_id(),
+            "x",
+        );
+        client
+            .send_mail("s@client.test", &["r@capped.test"], &body)
+            .await
+            .expect("accepted");
+    }
+    group.sinks[0].wait_for(8, WAIT).await;
+    let opened = group.sinks[0].connections();
+    assert!(
+        (1..=2).contains(&opened),
+        "8 queued messages to one destination opened {opened} connections; the limit is 2"
+    );
+}
