@@ -105,6 +105,18 @@ impl RelayProcess {
         RelayProcess::start_binary(relay_binary(), config_toml).await
     }
 
+    /// A relay that sends every domain to `sink` (route `*`), with `tune` applied to the
+    /// test defaults of [`RelayConfig::new`].
+    pub async fn routed_to(
+        sink: &crate::Sink,
+        dns: &crate::DnsServer,
+        tune: impl FnOnce(crate::RelayConfig) -> crate::RelayConfig,
+    ) -> RelayProcess {
+        let config =
+            tune(crate::RelayConfig::new(dns.addr(), 9).route("*", &sink.addr().to_string()));
+        RelayProcess::start(&config.to_toml()).await
+    }
+
     /// Like [`RelayProcess::start`] with another binary (the launcher's self-tests).
     pub async fn start_binary(binary: PathBuf, config_toml: &str) -> RelayProcess {
         let dir = match tempfile::Builder::new().prefix("relay-e2e-").tempdir() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use relay_tests::{
     message, new_message_id, DnsServer, Net, RecordType, RelayConfig, RelayProcess, Sink,
-    SinkGroup, SmtpClient, Transaction, Zone, WAIT,
+    SinkBuilder, SinkGroup, SmtpClient, Transaction, Zone, WAIT,
 };
 
 fn rcpt_set(messages: &[Transaction]) -> BTreeSet<String> {
@@ -466,32 +466,46 @@ async fn mx_is_asked_again_after_its_ttl_expired() {
     );
 }
 
+/// One domain whose MX `mx.<domain>` is a sink built from `sink`, and a relay with `tune`
+/// applied to the test defaults.
+async fn single_mx_world(
+    domain: &str,
+    sink: SinkBuilder,
+    tune: impl FnOnce(RelayConfig) -> RelayConfig,
+) -> (SinkGroup, DnsServer, RelayProcess) {
+    let net = Net::unique();
+    let group = SinkGroup::start(vec![(net.ip(1), sink)], &[]).await;
+    let mx = format!("mx.{domain}");
+    let dns = DnsServer::start(Zone::new().mx(domain, 10, &mx).a(&mx, net.ip(1))).await;
+    let relay =
+        RelayProcess::start(&tune(RelayConfig::new(dns.addr(), group.port)).to_toml()).await;
+    (group, dns, relay)
+}
+
+/// Sends message number `n` from s@client.test to `rcpt` over `client`.
+async fn send_numbered(client: &mut SmtpClient, rcpt: &str, n: usize) {
+    let body = message(
+        "s@client.test",
+        &[rcpt],
+        &format!("message {n}"),
+        &new_message_id(),
+        "x",
+    );
+    client
+        .send_mail("s@client.test", &[rcpt], &body)
+        .await
+        .expect("accepted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_messages_to_one_mx_reuse_the_open_connection() {
-    let net = Net::unique();
-    let group = SinkGroup::start(vec![(net.ip(1), Sink::builder())], &[]).await;
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("reuse.test", 10, "mx.reuse.test")
-            .a("mx.reuse.test", net.ip(1)),
-    )
+    let (group, _dns, relay) = single_mx_world("reuse.test", Sink::builder(), |c| {
+        c.set("delivery", "idle_timeout", "\"30s\"")
+    })
     .await;
-    let config =
-        RelayConfig::new(dns.addr(), group.port).set("delivery", "idle_timeout", "\"30s\"");
-    let relay = RelayProcess::start(&config.to_toml()).await;
     let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
     for i in 0..3 {
-        let body = message(
-            "s@client.test",
-            &["r@reuse.test"],
-            &format!("reuse {i}"),
-            &new_message_id(),
-            "x",
-        );
-        client
-            .send_mail("s@client.test", &["r@reuse.test"], &body)
-            .await
-            .expect("accepted");
+        send_numbered(&mut client, "r@reuse.test", i).await;
         // One after the other: each delivery finishes before the next message exists.
         group.sinks[0].wait_for(i + 1, WAIT).await;
     }
@@ -505,32 +519,15 @@ async fn consecutive_messages_to_one_mx_reuse_the_open_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_to_one_destination_stay_within_the_configured_limit() {
-    let net = Net::unique();
     let slow = Sink::builder().data_delay(Duration::from_millis(300));
-    let group = SinkGroup::start(vec![(net.ip(1), slow)], &[]).await;
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("capped.test", 10, "mx.capped.test")
-            .a("mx.capped.test", net.ip(1)),
-    )
+    let (group, _dns, relay) = single_mx_world("capped.test", slow, |c| {
+        c.set("delivery", "max_connections_per_destination", "2")
+            .set("delivery", "idle_timeout", "\"30s\"")
+    })
     .await;
-    let config = RelayConfig::new(dns.addr(), group.port)
-        .set("delivery", "max_connections_per_destination", "2")
-        .set("delivery", "idle_timeout", "\"30s\"");
-    let relay = RelayProcess::start(&config.to_toml()).await;
     let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
     for i in 0..8 {
-        let body = message(
-            "s@client.test",
-            &["r@capped.test"],
-            &format!("cap {i}"),
-            &new_message_id(),
-            "x",
-        );
-        client
-            .send_mail("s@client.test", &["r@capped.test"], &body)
-            .await
-            .expect("accepted");
+        send_numbered(&mut client, "r@capped.test", i).await;
     }
     group.sinks[0].wait_for(8, WAIT).await;
     let opened = group.sinks[0].connections();

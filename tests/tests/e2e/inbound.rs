@@ -9,21 +9,11 @@ use relay_tests::{
     WAIT,
 };
 
-/// A relay whose every domain goes to `sink` (route "*"), with config changes from `tune`.
-async fn relay_to(
-    sink: &Sink,
-    dns: &DnsServer,
-    tune: impl FnOnce(RelayConfig) -> RelayConfig,
-) -> RelayProcess {
-    let config = tune(RelayConfig::new(dns.addr(), 9).route("*", &sink.addr().to_string()));
-    RelayProcess::start(&config.to_toml()).await
-}
-
 async fn world(tune: impl FnOnce(RelayConfig) -> RelayConfig) -> (Sink, DnsServer, RelayProcess) {
     let net = Net::unique();
     let sink = Sink::start(net.ip(1)).await;
     let dns = DnsServer::start(Zone::new()).await;
-    let relay = relay_to(&sink, &dns, tune).await;
+    let relay = RelayProcess::routed_to(&sink, &dns, tune).await;
     (sink, dns, relay)
 }
 

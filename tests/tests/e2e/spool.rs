@@ -7,19 +7,8 @@ use std::time::{Duration, Instant};
 
 use relay_tests::config::toml_str;
 use relay_tests::{
-    message, new_message_id, DnsServer, Net, RelayConfig, RelayProcess, Sink, SmtpClient, Zone,
-    WAIT,
+    message, new_message_id, DnsServer, Net, RelayProcess, Sink, SmtpClient, Zone, WAIT,
 };
-
-/// A relay routing every domain to `sink`, with `tune` applied to the test config.
-async fn relay_to(
-    sink: &Sink,
-    dns: &DnsServer,
-    tune: impl FnOnce(RelayConfig) -> RelayConfig,
-) -> RelayProcess {
-    let config = tune(RelayConfig::new(dns.addr(), 9).route("*", &sink.addr().to_string()));
-    RelayProcess::start(&config.to_toml()).await
-}
 
 /// strace attached to a running process; detached (SIGTERM) when dropped.
 struct Strace {
@@ -98,7 +87,7 @@ async fn wal_sync_returns_before_the_250_is_written() {
     let net = Net::unique();
     let sink = Sink::start(net.ip(1)).await;
     let dns = DnsServer::start(Zone::new()).await;
-    let relay = relay_to(&sink, &dns, |c| c).await;
+    let relay = RelayProcess::routed_to(&sink, &dns, |c| c).await;
     let pid = relay.pid().expect("relay runs");
     let trace = Strace::attach(pid, &relay.dir().join("strace.txt"));
 
@@ -200,7 +189,7 @@ async fn full_disk_answers_452_never_250_and_recovers_when_space_returns() {
     let dns = DnsServer::start(Zone::new()).await;
     let disk = SmallDisk::mount(200);
     let spool = disk.path().join("spool");
-    let mut relay = relay_to(&sink, &dns, |c| {
+    let mut relay = RelayProcess::routed_to(&sink, &dns, |c| {
         c.set("spool", "path", &toml_str(&spool.display().to_string()))
             .retry_schedule(&["1h"])
     })
@@ -302,7 +291,7 @@ async fn spool_below_min_free_space_refuses_mail_from_with_452() {
     let sink = Sink::start(net.ip(1)).await;
     let dns = DnsServer::start(Zone::new()).await;
     // More free space than any disk has.
-    let relay = relay_to(&sink, &dns, |c| {
+    let relay = RelayProcess::routed_to(&sink, &dns, |c| {
         c.set("spool", "min_free_space", "9000000000000000000")
     })
     .await;
