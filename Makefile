@@ -6,8 +6,12 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/relay-target
 APT_PACKAGES := libclang-dev clang swaks strace
 SINK_ADDR ?= 127.0.0.1:2600
+# The plugins that ship, built as Wasm components for wasm32-wasip2.
+PLUGINS := rate-limit ip-pools suppression content-policy bad-plugin hello-plugin
+SHIPPED := rate-limit ip-pools suppression content-policy
+WASM_DIR := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
 
-.PHONY: run test setup build sink check fmt clippy fuzz
+.PHONY: run test setup build sink check fmt clippy fuzz plugins
 
 setup:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -16,9 +20,17 @@ setup:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-build: setup
+# Every plugin crate as a Wasm component in $(WASM_DIR).
+plugins: setup
+	cargo build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+
+build: setup plugins
 	cargo build --release -p relay
+	@mkdir -p data/plugins
+	@# A plugin's name is its file stem; write then rename so the relay never reads half a file.
+	@for p in $(SHIPPED); do cp $(WASM_DIR)/$$(echo $$p | tr - _).wasm data/plugins/.$$p.tmp && mv data/plugins/.$$p.tmp data/plugins/$$p.wasm; done
 
 # The relay with the embedded sandbox config (examples/relay.toml): it listens on
 # 127.0.0.1:2525 and routes every domain to a local sink on $(SINK_ADDR) that stores
@@ -33,7 +45,7 @@ sink: build
 	$(CARGO_TARGET_DIR)/release/relay sink --listen $(SINK_ADDR) --dir ./data/sink
 
 # Unit tests, then the end-to-end tests against the real binary.
-test: setup
+test: setup plugins
 	cargo build -p relay --bins
 	cargo test --workspace --no-fail-fast
 

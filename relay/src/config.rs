@@ -52,6 +52,158 @@ pub struct Config {
     /// `[log]`: log format and level.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[plugins]`: the Wasm policy plugins, their runtime limits and their own tables.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// `[[source]]`: local addresses outgoing connections may come from.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    /// `[[pool]]`: named, weighted groups of sources.
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[plugins]`: where plugins live, the sandbox limits, and one `[plugins.NAME]` table per plugin.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PluginsConfig {
+    /// Directory watched for `*.wasm` plugins; absent: no plugins.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Where compiled plugin code is cached (keyed by file hash and engine).
+    #[serde(default = "default_plugin_cache")]
+    pub cache_dir: PathBuf,
+    /// Longest a plugin may run for one hook call.
+    #[serde(default = "default_time_budget")]
+    pub time_budget: ConfigDuration,
+    /// Memory cap per plugin instance, in bytes.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit: u64,
+    /// Faults (trap, timeout, memory) within `fault_window` before a plugin is quarantined.
+    #[serde(default = "default_max_faults")]
+    pub max_faults: u32,
+    /// The window for `max_faults`.
+    #[serde(default = "default_fault_window")]
+    pub fault_window: ConfigDuration,
+    /// What a hook answers when a plugin faults.
+    #[serde(default)]
+    pub fallback: FallbackConfig,
+    /// `[plugins.NAME]`: order and configuration of each plugin (NAME is the file stem).
+    #[serde(flatten)]
+    pub tables: std::collections::BTreeMap<String, PluginTable>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: None,
+            cache_dir: default_plugin_cache(),
+            time_budget: default_time_budget(),
+            memory_limit: default_plugin_memory(),
+            max_faults: default_max_faults(),
+            fault_window: default_fault_window(),
+            fallback: FallbackConfig::default(),
+            tables: Default::default(),
+        }
+    }
+}
+
+fn default_plugin_cache() -> PathBuf {
+    PathBuf::from("./data/plugin-cache")
+}
+fn default_time_budget() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(10))
+}
+fn default_plugin_memory() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_max_faults() -> u32 {
+    5
+}
+fn default_fault_window() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+
+/// `[plugins.NAME]`: `priority` (lower runs first) and any other keys, handed to the plugin as JSON.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PluginTable {
+    /// Order among plugins: lower runs first; ties run in name order.
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    /// The plugin's own settings (everything but `priority`).
+    #[serde(flatten)]
+    pub config: toml::Table,
+}
+
+fn default_priority() -> i64 {
+    100
+}
+
+/// `[plugins.fallback]`: fail-open (`accept`) or fail-closed (`tempfail`) per hook.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// on_rcpt's answer when a plugin faults.
+    pub on_rcpt: FallbackMode,
+    /// on_data's answer when a plugin faults.
+    pub on_data: FallbackMode,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            on_rcpt: FallbackMode::Accept,
+            on_data: FallbackMode::Accept,
+        }
+    }
+}
+
+/// A hook's answer when its plugin faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackMode {
+    /// Fail open: carry on as if the plugin had no opinion.
+    Accept,
+    /// Fail closed: answer `451 4.3.0` so the client retries later.
+    Tempfail,
+}
+
+/// `[[source]]`: a local address for outgoing connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name plugins and pools refer to.
+    pub name: String,
+    /// The address to bind outgoing connections to (it must be configured on this host).
+    pub ip: IpAddr,
+    /// EHLO name when sending from this address (should match its PTR record);
+    /// defaults to the delivery EHLO name.
+    #[serde(default)]
+    pub ehlo: Option<HostName>,
+}
+
+/// `[[pool]]`: a named group of sources, chosen by weight.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Name plugins refer to.
+    pub name: String,
+    /// Members and their weights.
+    pub members: Vec<PoolMemberConfig>,
+}
+
+/// One member of a `[[pool]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolMemberConfig {
+    /// A `[[source]]` name.
+    pub source: String,
+    /// Relative share of traffic (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// `[server]`: listeners, identity, who may relay, and session limits.
@@ -180,6 +332,8 @@ pub struct DeliveryConfig {
     pub command_timeout: ConfigDuration,
     /// Time allowed for the reply to the end of message data.
     pub data_timeout: ConfigDuration,
+    /// Pool (or source) used when no plugin chooses; absent: the operating system picks the address.
+    pub default_pool: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -196,6 +350,7 @@ impl Default for DeliveryConfig {
             connect_timeout: ConfigDuration(Duration::from_secs(30)),
             command_timeout: mins(5),
             data_timeout: mins(10),
+            default_pool: None,
         }
     }
 }
@@ -416,11 +571,14 @@ impl Config {
     fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
         let fail = |section: &str, field: &str, reason: &str| {
             let line = find_key_line(text, section, field);
+            // Array tables read as [[name]] in messages, like parse errors inside them.
+            let path = if matches!(section, "route" | "source" | "pool") {
+                format!("{section}[0].{field}")
+            } else {
+                format!("{section}.{field}")
+            };
             Err(ConfigError::Invalid(format_error(
-                file,
-                line,
-                &format!("{section}.{field}"),
-                reason,
+                file, line, &path, reason,
             )))
         };
         if self.server.listen.is_empty() {
@@ -474,6 +632,69 @@ impl Config {
                     &format!("\"{name}\" has more than one route"),
                 );
             }
+        }
+        let mut source_names = std::collections::HashSet::new();
+        for source in &self.sources {
+            if !source_names.insert(source.name.as_str()) {
+                return fail(
+                    "source",
+                    "name",
+                    &format!("\"{}\" is defined twice", source.name),
+                );
+            }
+        }
+        let mut pool_names = std::collections::HashSet::new();
+        for pool in &self.pools {
+            if !pool_names.insert(pool.name.as_str()) || source_names.contains(pool.name.as_str()) {
+                return fail(
+                    "pool",
+                    "name",
+                    &format!("\"{}\" is already the name of a source or pool", pool.name),
+                );
+            }
+            if pool.members.is_empty() || pool.members.iter().all(|m| m.weight == 0) {
+                return fail(
+                    "pool",
+                    "members",
+                    &format!(
+                        "pool \"{}\" needs a member with a weight above 0",
+                        pool.name
+                    ),
+                );
+            }
+            if let Some(m) = pool
+                .members
+                .iter()
+                .find(|m| !source_names.contains(m.source.as_str()))
+            {
+                return fail(
+                    "pool",
+                    "members",
+                    &format!(
+                        "pool \"{}\": \"{}\" is not a [[source]] name",
+                        pool.name, m.source
+                    ),
+                );
+            }
+        }
+        if let Some(default) = &self.delivery.default_pool {
+            if !source_names.contains(default.as_str()) && !pool_names.contains(default.as_str()) {
+                return fail(
+                    "delivery",
+                    "default_pool",
+                    &format!("\"{default}\" is not a [[pool]] or [[source]] name"),
+                );
+            }
+        }
+        if self.plugins.time_budget.0 < Duration::from_millis(1) {
+            return fail("plugins", "time_budget", "must be at least 1ms");
+        }
+        if self.plugins.memory_limit < 1024 * 1024 {
+            return fail(
+                "plugins",
+                "memory_limit",
+                "must be at least 1048576 (1 MiB)",
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return fail(
@@ -660,5 +881,68 @@ next_hop = "127.0.0.1:2600"
         for bad in ["", "5", "m", "5x", "-5m", "5.5m"] {
             assert_eq!(ConfigDuration::parse(bad), None, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod plugin_config_tests {
+    use super::*;
+
+    #[test]
+    fn plugin_tables_carry_priority_and_their_own_keys() {
+        let text = r#"
+[plugins]
+dir = "./plugins"
+time_budget = "5ms"
+[plugins.fallback]
+on_rcpt = "tempfail"
+[plugins.rate-limit]
+priority = 10
+per_sender_domain = "100/1m"
+[plugins.rate-limit.users]
+alice = 5
+"#;
+        let config = Config::parse(text, "r.toml").expect("valid");
+        assert_eq!(config.plugins.fallback.on_rcpt, FallbackMode::Tempfail);
+        assert_eq!(config.plugins.fallback.on_data, FallbackMode::Accept);
+        assert_eq!(config.plugins.time_budget.0, Duration::from_millis(5));
+        let table = &config.plugins.tables["rate-limit"];
+        assert_eq!(table.priority, 10);
+        assert_eq!(table.config["per_sender_domain"].as_str(), Some("100/1m"));
+        assert!(!table.config.contains_key("priority"));
+    }
+
+    #[test]
+    fn a_misspelt_plugins_setting_is_an_error() {
+        let text = "[plugins]\ntime_budgt = \"5ms\"\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("time_budgt") || err.contains("[plugins]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pool_members_must_name_sources() {
+        let text = r#"
+[[source]]
+name = "a"
+ip = "127.0.0.2"
+[[pool]]
+name = "bulk"
+members = [{ source = "a" }, { source = "nope", weight = 2 }]
+"#;
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("[[pool]] members") && err.contains("\"nope\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn default_pool_must_exist() {
+        let text = "[delivery]\ndefault_pool = \"ghost\"\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(err.contains("r.toml:2: [delivery] default_pool"), "{err}");
     }
 }

@@ -10,7 +10,13 @@ pub mod config;
 #[cfg(feature = "server")]
 pub(crate) mod delivery;
 #[cfg(feature = "server")]
+pub(crate) mod hooks;
+#[cfg(feature = "server")]
+pub(crate) mod inspect;
+#[cfg(feature = "server")]
 pub mod observe;
+#[cfg(feature = "server")]
+pub mod policy;
 #[cfg(feature = "server")]
 pub mod serve;
 #[cfg(feature = "server")]

@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with policy plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Run a catch-all SMTP server that stores what it receives as files (for trying the relay
     /// without the internet, and for tests).
     Sink {
@@ -54,12 +59,34 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a plugin file: a component for this relay's interface version that compiles,
+    /// and print which hooks it implements.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => match relay::policy::check_plugin(&file) {
+            Ok(report) => {
+                println!("{report}");
                 ExitCode::SUCCESS
             }
             Err(err) => {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::delivery::mx::{DnsSettings, MxResolver};
 use crate::delivery::Delivery;
+use crate::policy::{self, Policy};
 use crate::smtp::listener::{self, Inbound, Timeouts};
 use crate::smtp::SessionConfig;
 use crate::spool::{scheduler, Spool};
@@ -21,6 +22,9 @@ pub enum StartError {
     /// The resolver could not be set up.
     #[error("DNS resolver: {0}")]
     Dns(String),
+    /// The plugin runtime could not start.
+    #[error("plugins: {0}")]
+    Plugins(String),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -43,10 +47,27 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })
     .map_err(|e| StartError::Dns(e.to_string()))?;
 
+    let policy = match &config.plugins.dir {
+        Some(_) => Some(
+            Policy::start(
+                policy_settings(&config),
+                std::sync::Arc::new(spool.plugin_state()),
+            )
+            .map_err(|e| StartError::Plugins(e.to_string()))?,
+        ),
+        None => None,
+    };
+
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let (scheduler, notifier) =
         scheduler::new(spool.clone(), config.spool.max_in_flight, dispatch_tx);
-    let delivery = Delivery::new(spool.clone(), notifier.clone(), resolver, &config);
+    let delivery = Delivery::new(
+        spool.clone(),
+        notifier.clone(),
+        resolver,
+        policy.clone(),
+        &config,
+    );
     tokio::spawn(scheduler.run());
     tokio::spawn(delivery.run(dispatch_rx));
 
@@ -70,6 +91,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         spool,
         notifier,
         connections: Mutex::new(Default::default()),
+        policy,
     });
     for addr in &config.server.listen {
         let listener = TcpListener::bind(addr)
@@ -105,5 +127,82 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// The plugin runtime's settings from `[plugins]`.
+pub(crate) fn policy_settings(config: &Config) -> policy::PolicySettings {
+    let p = &config.plugins;
+    let fallback = |mode: crate::config::FallbackMode| match mode {
+        crate::config::FallbackMode::Accept => policy::Fallback::Accept,
+        crate::config::FallbackMode::Tempfail => policy::Fallback::Tempfail,
+    };
+    policy::PolicySettings {
+        dir: p.dir.clone().unwrap_or_default(),
+        cache_dir: p.cache_dir.clone(),
+        time_budget: p.time_budget.0,
+        memory_limit: usize::try_from(p.memory_limit).unwrap_or(usize::MAX),
+        max_faults: p.max_faults,
+        fault_window: p.fault_window.0,
+        poll_interval: std::time::Duration::from_millis(250),
+        fallback: policy::Fallbacks {
+            on_rcpt: fallback(p.fallback.on_rcpt),
+            on_data: fallback(p.fallback.on_data),
+        },
+        plugins: p
+            .tables
+            .iter()
+            .map(|(name, table)| {
+                (
+                    name.clone(),
+                    policy::PluginTable {
+                        priority: table.priority,
+                        config_json: toml_to_json(&toml::Value::Table(table.config.clone()))
+                            .to_string(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// TOML as plain JSON for plugins: dates and times become their RFC 3339 text (serde would
+/// otherwise hand plugins toml's private `$__toml_private_datetime` wrapper).
+fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(items) => J::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(table) => J::Object(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_tables_reach_plugins_as_plain_json() {
+        let config = Config::parse(
+            "[plugins.ip-pools]\npriority = 5\n[plugins.ip-pools.warmup.\"127.0.0.3\"]\nstart = 2026-11-20\ndaily = [50, 100]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let settings = policy_settings(&config);
+        let table = &settings.plugins["ip-pools"];
+        assert_eq!(table.priority, 5);
+        let json: serde_json::Value = serde_json::from_str(&table.config_json).expect("json");
+        assert_eq!(json["warmup"]["127.0.0.3"]["start"], "2026-11-20");
+        assert_eq!(json["warmup"]["127.0.0.3"]["daily"][1], 100);
+        assert!(json.get("priority").is_none());
     }
 }

@@ -137,11 +137,11 @@ struct SinkHandler {
 }
 
 impl Handler for SinkHandler {
-    async fn check_mail(&mut self, _request: &MailRequest) -> Resolution {
+    async fn check_mail(&mut self, _request: &MailRequest, _helo: &str) -> Resolution {
         Resolution::Accept
     }
 
-    async fn check_rcpt(&mut self, request: &RcptRequest) -> Resolution {
+    async fn check_rcpt(&mut self, request: &RcptRequest, _helo: &str) -> Resolution {
         let rcpt = request.to.to_string();
         match self.options.fail.iter().find(|rule| rule.matches(&rcpt)) {
             Some(rule) => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dns;
 pub mod mime;
 pub mod net;
+pub mod plugins;
 pub mod relay;
 pub mod sink;
 

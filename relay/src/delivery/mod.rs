@@ -5,9 +5,10 @@ pub(crate) mod client;
 pub(crate) mod dsn;
 pub(crate) mod mx;
 mod pool;
+mod source;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::config::{Config, NextHop, RouteDomain};
+use crate::hooks;
+use crate::policy::{
+    BounceAction, BounceInput, ChooseInput, FailureKind, Hook, IpChoice, PluginSet, Policy,
+};
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 use crate::spool::scheduler::Notifier;
 use crate::spool::{now_ms, MessageId, QueueEntry, RcptState, Spool, SpoolError};
 
-use client::{ClientSettings, Connection, RcptResult};
+use client::{ClientSettings, Connection, RcptResult, SessionError};
 use mx::{DnsError, MxResolver};
 
 /// How delivery behaves, taken from the config once.
@@ -83,23 +88,76 @@ struct Inner {
     resolver: MxResolver,
     pool: pool::Pool,
     settings: Settings,
+    sources: source::Sources,
+    policy: Option<Policy>,
 }
 
 /// What happened to one recipient in one round.
 enum Outcome {
-    Delivered { reply: Reply, mx: String },
-    Deferred { reply: Reply, mx: Option<String> },
-    Bounced { reply: Reply, mx: Option<String> },
+    Delivered {
+        reply: Reply,
+        mx: String,
+    },
+    Failed(Failure),
+    /// A plugin held the delivery until this time (throttling); not an attempt.
+    Held {
+        until: u64,
+    },
+}
+
+/// One failed attempt for one recipient.
+#[derive(Clone)]
+struct Failure {
+    reply: Reply,
+    mx: Option<String>,
+    kind: FailureKind,
+    source: Option<IpAddr>,
+}
+
+impl Failure {
+    fn permanent(&self) -> bool {
+        self.reply.code >= 500
+    }
 }
 
 impl Outcome {
-    fn from_reply(reply: Reply, mx: Option<String>) -> Outcome {
-        if reply.code >= 500 {
-            Outcome::Bounced { reply, mx }
-        } else {
-            Outcome::Deferred { reply, mx }
+    fn failed(
+        reply: Reply,
+        mx: Option<String>,
+        kind: FailureKind,
+        source: Option<IpAddr>,
+    ) -> Outcome {
+        Outcome::Failed(Failure {
+            reply,
+            mx,
+            kind,
+            source,
+        })
+    }
+}
+
+/// What SMTP-level failure this was, for on_bounce.
+fn failure_kind(err: &SessionError) -> FailureKind {
+    match err {
+        SessionError::Timeout(_) => FailureKind::Timeout,
+        SessionError::Reply { .. } => FailureKind::RemoteReply,
+        SessionError::Connect(_) | SessionError::Io(_) | SessionError::Protocol(_) => {
+            FailureKind::Connection
         }
     }
+}
+
+/// One destination's share of a delivery round.
+struct Group {
+    id: MessageId,
+    domain: String,
+    from: ReversePath,
+    rcpts: Vec<(usize, Mailbox)>,
+    body: Arc<Vec<u8>>,
+    eight_bit: bool,
+    smtputf8: bool,
+    tags: Vec<(String, String)>,
+    plugins: Option<Arc<PluginSet>>,
 }
 
 impl Delivery {
@@ -107,6 +165,7 @@ impl Delivery {
         spool: Spool,
         notifier: Notifier,
         resolver: MxResolver,
+        policy: Option<Policy>,
         config: &Config,
     ) -> Delivery {
         Delivery(Arc::new(Inner {
@@ -118,6 +177,8 @@ impl Delivery {
                 config.delivery.idle_timeout.0,
             ),
             settings: Settings::from_config(config),
+            sources: source::Sources::from_config(config),
+            policy,
         }))
     }
 
@@ -176,6 +237,8 @@ impl Delivery {
         let old_due = entry.due_ms;
         let expires_ms = entry.arrival_ms + self.0.settings.max_age.as_millis() as u64;
 
+        // The plugin set for this round; a reload mid-round does not change it.
+        let plugins = self.0.policy.as_ref().map(Policy::snapshot);
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         {
             // One transaction per destination: a domain, or a route's next hop shared by
@@ -198,13 +261,18 @@ impl Delivery {
             let mut groups = JoinSet::new();
             for (_, (domain, rcpts)) in by_destination {
                 let this = self.clone();
-                let body = Arc::clone(&body);
-                let from = entry.mail_from.clone();
-                let (eight_bit, smtputf8) = (entry.eight_bit, entry.smtputf8);
-                groups.spawn(async move {
-                    this.deliver_group(id, &domain, &from, rcpts, &body, eight_bit, smtputf8)
-                        .await
-                });
+                let group = Group {
+                    id,
+                    domain,
+                    from: entry.mail_from.clone(),
+                    rcpts,
+                    body: Arc::clone(&body),
+                    eight_bit: entry.eight_bit,
+                    smtputf8: entry.smtputf8,
+                    tags: entry.tags.clone(),
+                    plugins: plugins.clone(),
+                };
+                groups.spawn(async move { this.deliver_group(group).await });
             }
             while let Some(done) = groups.join_next().await {
                 match done {
@@ -216,7 +284,14 @@ impl Delivery {
             }
         }
 
-        let bounced = self.apply(id, &mut entry, outcomes, now, expires_ms);
+        let bounced = self.apply(
+            id,
+            &mut entry,
+            outcomes,
+            now,
+            expires_ms,
+            plugins.as_deref(),
+        );
         let mut ops = Spool::update_ops(id, old_due, &entry)?;
         let mut dsn_id = None;
         if !bounced.is_empty() {
@@ -249,7 +324,8 @@ impl Delivery {
         })
     }
 
-    /// Records outcomes in the entry, logs them, and returns the recipients that bounced.
+    /// Records outcomes in the entry, asks on_bounce about failures, logs, and returns the
+    /// recipients that bounced with a DSN.
     fn apply(
         &self,
         id: MessageId,
@@ -257,45 +333,105 @@ impl Delivery {
         outcomes: Vec<(usize, Outcome)>,
         now: u64,
         expires_ms: u64,
+        plugins: Option<&PluginSet>,
     ) -> Vec<dsn::FailedRecipient> {
         let mut bounced = Vec::new();
+        let tags = hooks::tags(&entry.tags);
+        let sender = entry.mail_from.to_string();
         for (i, outcome) in outcomes {
             let Some(rcpt) = entry.recipients.get_mut(i) else {
                 continue;
             };
-            rcpt.attempts += 1;
-            match outcome {
+            let failure = match outcome {
+                Outcome::Held { until } => {
+                    tracing::info!(event = "held", msg_id = %id, rcpt = %rcpt.addr, until, "delivery held by policy (throttle)");
+                    rcpt.state = RcptState::Deferred {
+                        next_ms: until.min(expires_ms.max(now + 1)),
+                    };
+                    continue;
+                }
                 Outcome::Delivered { reply, mx } => {
+                    rcpt.attempts += 1;
                     let text = reply_text(&reply);
                     tracing::info!(event = "delivered", msg_id = %id, rcpt = %rcpt.addr, mx = %mx, reply = %text, attempts = rcpt.attempts, "delivered");
                     rcpt.state = RcptState::Delivered;
                     rcpt.last_reply = Some(text);
+                    continue;
                 }
-                Outcome::Deferred { reply, mx } => {
-                    let text = reply_text(&reply);
-                    if now >= expires_ms {
-                        // Past max_age: this was the last try (RFC 5321 4.5.4.1 give-up time).
-                        let expired = Reply::new(
+                Outcome::Failed(failure) => failure,
+            };
+            rcpt.attempts += 1;
+            let expired = now >= expires_ms && !failure.permanent();
+            let verdict = plugins.filter(|p| p.implements(Hook::OnBounce)).map(|p| {
+                p.on_bounce(&BounceInput {
+                    message_id: id.to_string(),
+                    recipient: rcpt.addr.to_string(),
+                    sender: sender.clone(),
+                    attempt: rcpt.attempts,
+                    kind: if expired {
+                        FailureKind::Expired
+                    } else {
+                        failure.kind
+                    },
+                    reply: hooks::smtp_reply(&failure.reply),
+                    permanent: failure.permanent() || expired,
+                    source_ip: failure.source.map(|ip| ip.to_string()),
+                    mx_host: failure.mx.clone(),
+                    tags: tags.clone(),
+                })
+            });
+            let (action, class) = match verdict {
+                Some(v) => (v.action, v.class.unwrap_or_default()),
+                None => (BounceAction::NoOpinion, String::new()),
+            };
+            let text = reply_text(&failure.reply);
+            match action {
+                BounceAction::Suppress => {
+                    tracing::info!(event = "suppressed", msg_id = %id, rcpt = %rcpt.addr, reply = %text, class = %class, attempts = rcpt.attempts, "recipient suppressed by policy; no DSN");
+                    rcpt.state = RcptState::Bounced;
+                    rcpt.last_reply = Some(text);
+                }
+                BounceAction::BounceNow => {
+                    let reply = if failure.permanent() {
+                        failure.reply
+                    } else {
+                        Reply::new(
                             554,
-                            Some(EnhancedCode(5, 4, 7)),
-                            format!(
-                                "Delivery time expired after {} attempts; last error: {text}",
-                                rcpt.attempts
-                            ),
-                        );
-                        bounced.push(self.bounce(id, rcpt, expired, mx));
-                        continue;
-                    }
+                            Some(EnhancedCode(5, 0, 0)),
+                            format!("Given up by policy; last error: {text}"),
+                        )
+                    };
+                    bounced.push(self.bounce(id, rcpt, reply, failure.mx, &class));
+                }
+                BounceAction::RetryAt(at) if !expired && at > now => {
+                    let next = at.min(expires_ms);
+                    tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = failure.mx.as_deref().unwrap_or(""), reply = %text, class = %class, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred (retry time from policy)");
+                    rcpt.state = RcptState::Deferred { next_ms: next };
+                    rcpt.last_reply = Some(text);
+                }
+                BounceAction::RetryAt(_) | BounceAction::NoOpinion if failure.permanent() => {
+                    bounced.push(self.bounce(id, rcpt, failure.reply, failure.mx, &class));
+                }
+                BounceAction::RetryAt(_) | BounceAction::NoOpinion if expired => {
+                    // Past max_age: this was the last try (RFC 5321 4.5.4.1 give-up time).
+                    let reply = Reply::new(
+                        554,
+                        Some(EnhancedCode(5, 4, 7)),
+                        format!(
+                            "Delivery time expired after {} attempts; last error: {text}",
+                            rcpt.attempts
+                        ),
+                    );
+                    bounced.push(self.bounce(id, rcpt, reply, failure.mx, &class));
+                }
+                BounceAction::RetryAt(_) | BounceAction::NoOpinion => {
                     // The last try happens at the expiry time itself.
                     let next = (now
                         + self.0.settings.retry_delay(rcpt.attempts).as_millis() as u64)
                         .min(expires_ms);
-                    tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred");
+                    tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = failure.mx.as_deref().unwrap_or(""), reply = %text, class = %class, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred");
                     rcpt.state = RcptState::Deferred { next_ms: next };
                     rcpt.last_reply = Some(text);
-                }
-                Outcome::Bounced { reply, mx } => {
-                    bounced.push(self.bounce(id, rcpt, reply, mx));
                 }
             }
         }
@@ -311,9 +447,10 @@ impl Delivery {
         rcpt: &mut crate::spool::RecipientEntry,
         reply: Reply,
         mx: Option<String>,
+        class: &str,
     ) -> dsn::FailedRecipient {
         let text = reply_text(&reply);
-        tracing::info!(event = "bounced", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, attempts = rcpt.attempts, "bounced");
+        tracing::info!(event = "bounced", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, class = %class, attempts = rcpt.attempts, "bounced");
         rcpt.state = RcptState::Bounced;
         rcpt.last_reply = Some(text.clone());
         let status = match reply.enhanced {
@@ -330,27 +467,66 @@ impl Delivery {
         }
     }
 
-    /// Sends one message to the recipients of one destination (`domain` picks the route or MX).
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver_group(
-        &self,
-        id: MessageId,
-        domain: &str,
-        from: &ReversePath,
-        rcpts: Vec<(usize, Mailbox)>,
-        body: &[u8],
-        eight_bit: bool,
-        smtputf8: bool,
-    ) -> Vec<(usize, Outcome)> {
+    /// Sends one message to the recipients of one destination (`domain` picks the route or
+    /// MX), from the source address choose_ip (or the default pool) picks.
+    async fn deliver_group(&self, group: Group) -> Vec<(usize, Outcome)> {
+        let Group {
+            id,
+            domain,
+            from,
+            rcpts,
+            body,
+            eight_bit,
+            smtputf8,
+            tags,
+            plugins,
+        } = group;
         let all = |make: &dyn Fn() -> Outcome| -> Vec<(usize, Outcome)> {
             rcpts.iter().map(|(i, _)| (*i, make())).collect()
         };
-        let (key, targets) = match self.targets(domain).await {
+        let (key, targets) = match self.targets(&domain).await {
             Ok(found) => found,
             Err(err) => {
                 let reply = err.to_reply();
-                return all(&|| Outcome::from_reply(reply.clone(), None));
+                return all(&|| Outcome::failed(reply.clone(), None, FailureKind::Dns, None));
             }
+        };
+
+        let mut choice = IpChoice::NoOpinion;
+        if let Some(plugins) = plugins.as_ref().filter(|p| p.implements(Hook::ChooseIp)) {
+            let (sources, pools) = self.0.sources.for_plugins();
+            let verdict = plugins.choose_ip(&ChooseInput {
+                message_id: id.to_string(),
+                tags: hooks::tags(&tags),
+                sender: from.to_string(),
+                domain: domain.clone(),
+                mx_host: targets.first().map(|(h, _)| h.clone()).unwrap_or_default(),
+                recipients: rcpts.len() as u32,
+                sources,
+                pools,
+            });
+            if let Some(until) = verdict.not_before.filter(|t| *t > now_ms()) {
+                return all(&|| Outcome::Held { until });
+            }
+            choice = verdict.choice;
+        }
+        let source = if self.0.sources.is_empty() {
+            None
+        } else {
+            self.0.sources.pick(&choice)
+        };
+        let source_ip = source.as_ref().map(|s| s.ip);
+        let settings = match &source {
+            Some(s) if s.ehlo != self.0.settings.client.helo_name => ClientSettings {
+                helo_name: s.ehlo.clone(),
+                ..self.0.settings.client.clone()
+            },
+            _ => self.0.settings.client.clone(),
+        };
+        // Connections are pooled per destination and source address.
+        let key = match source_ip {
+            Some(ip) => format!("{key}|{ip}"),
+            None => key,
         };
         let mut checkout = self.0.pool.checkout(&key).await;
         let addrs: Vec<Mailbox> = rcpts.iter().map(|(_, r)| r.clone()).collect();
@@ -359,52 +535,68 @@ impl Delivery {
         // before any reply, fall through to a fresh connection.
         if let Some(mut conn) = checkout.reused.take() {
             let mx = conn.peer().to_string();
-            match conn.send(from, &addrs, body, eight_bit, smtputf8).await {
-                Ok(results) => return self.finish(checkout, conn, &rcpts, results, mx),
+            match conn.send(&from, &addrs, &body, eight_bit, smtputf8).await {
+                Ok(results) => return self.finish(checkout, conn, &rcpts, results, mx, source_ip),
                 Err(err) if is_stale(&err) => {
                     tracing::debug!(msg_id = %id, mx = %mx, error = %err.to_reply().lines.join(" "), "reused connection failed; opening a new one");
                 }
                 Err(err) => {
                     checkout.release(None);
                     let reply = err.to_reply();
-                    return all(&|| Outcome::from_reply(reply.clone(), Some(mx.clone())));
+                    let kind = failure_kind(&err);
+                    return all(&|| {
+                        Outcome::failed(reply.clone(), Some(mx.clone()), kind, source_ip)
+                    });
                 }
             }
         }
 
-        let mut last_error: Option<Reply> = None;
+        let mut last_error: Option<(Reply, FailureKind)> = None;
         for (host, addr) in &targets {
-            match Connection::open(*addr, None, &self.0.settings.client).await {
+            if source_ip.is_some_and(|ip| ip.is_ipv4() != addr.is_ipv4()) {
+                continue;
+            }
+            match Connection::open(*addr, source_ip, &settings).await {
                 Ok(mut conn) => {
                     let mx = format!("{host}[{}]", addr.ip());
-                    return match conn.send(from, &addrs, body, eight_bit, smtputf8).await {
-                        Ok(results) => self.finish(checkout, conn, &rcpts, results, mx),
+                    return match conn.send(&from, &addrs, &body, eight_bit, smtputf8).await {
+                        Ok(results) => self.finish(checkout, conn, &rcpts, results, mx, source_ip),
                         Err(err) => {
                             checkout.release(None);
                             let reply = err.to_reply();
-                            all(&|| Outcome::from_reply(reply.clone(), Some(mx.clone())))
+                            let kind = failure_kind(&err);
+                            all(&|| {
+                                Outcome::failed(reply.clone(), Some(mx.clone()), kind, source_ip)
+                            })
                         }
                     };
                 }
                 Err(err) => {
                     let reply = err.to_reply();
-                    tracing::info!(event = "connect_failed", msg_id = %id, mx = %host, addr = %addr, error = %reply_text(&reply), "trying the next MX");
-                    last_error = Some(reply);
+                    tracing::info!(event = "connect_failed", msg_id = %id, mx = %host, addr = %addr, source = ?source_ip, error = %reply_text(&reply), "trying the next MX");
+                    last_error = Some((reply, failure_kind(&err)));
                 }
             }
         }
         checkout.release(None);
         // Every MX was unreachable: that is temporary even if one of them refused with a 5xx
         // greeting (RFC 5321 5.1: try the others, then queue).
-        let reply = match last_error {
-            Some(r) if r.code < 500 => r,
-            Some(r) => Reply::new(451, Some(EnhancedCode(4, 4, 0)), reply_text(&r)),
-            None => Reply::new(451, Some(EnhancedCode(4, 4, 4)), "No MX host to try"),
+        let (reply, kind) = match last_error {
+            Some((r, kind)) if r.code < 500 => (r, kind),
+            Some((r, kind)) => (
+                Reply::new(451, Some(EnhancedCode(4, 4, 0)), reply_text(&r)),
+                kind,
+            ),
+            None => (
+                Reply::new(
+                    451,
+                    Some(EnhancedCode(4, 4, 4)),
+                    "No MX host to try from this source address",
+                ),
+                FailureKind::Connection,
+            ),
         };
-        all(&|| Outcome::Deferred {
-            reply: reply.clone(),
-            mx: None,
-        })
+        all(&|| Outcome::failed(reply.clone(), None, kind, source_ip))
     }
 
     fn finish(
@@ -414,6 +606,7 @@ impl Delivery {
         rcpts: &[(usize, Mailbox)],
         results: Vec<RcptResult>,
         mx: String,
+        source: Option<IpAddr>,
     ) -> Vec<(usize, Outcome)> {
         let keep =
             conn.reusable() && conn.transactions() < self.0.settings.max_messages_per_connection;
@@ -432,7 +625,9 @@ impl Delivery {
                         reply,
                         mx: mx.clone(),
                     },
-                    RcptResult::Failed(reply) => Outcome::from_reply(reply, Some(mx.clone())),
+                    RcptResult::Failed(reply) => {
+                        Outcome::failed(reply, Some(mx.clone()), FailureKind::RemoteReply, source)
+                    }
                 };
                 (*i, outcome)
             })

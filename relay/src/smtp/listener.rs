@@ -11,19 +11,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    received_header, ClientInfo, EnhancedCode, IncomingMessage, MailRequest, RcptRequest,
+    received_header, ClientInfo, EnhancedCode, IncomingMessage, MailRequest, Mailbox, RcptRequest,
     ReceivedInfo, Reply, Resolution, Session, SessionConfig, Step,
 };
+use crate::hooks;
+use crate::inspect;
+use crate::policy::{DataAction, DataInput, Hook, PluginSet, Policy, RcptInput, RcptVerdict};
 use crate::spool::scheduler::Notifier;
 use crate::spool::{MessageId, NewMessage, Spool, SpoolError};
 
 /// What the I/O loop asks of whoever consumes a session's transactions (the relay's spool,
 /// or the `relay sink`).
 pub(crate) trait Handler {
-    /// Decide on MAIL FROM after the session's own checks passed.
-    async fn check_mail(&mut self, request: &MailRequest) -> Resolution;
+    /// Decide on MAIL FROM after the session's own checks passed. `helo` is the name the
+    /// client gave in EHLO/HELO.
+    async fn check_mail(&mut self, request: &MailRequest, helo: &str) -> Resolution;
     /// Decide on RCPT TO after the session's own checks passed.
-    async fn check_rcpt(&mut self, request: &RcptRequest) -> Resolution;
+    async fn check_rcpt(&mut self, request: &RcptRequest, helo: &str) -> Resolution;
     /// Take a complete message: `Resolution::Queued(id)` only once it is safe.
     async fn message(&mut self, message: IncomingMessage, peer: SocketAddr) -> Resolution;
 }
@@ -78,11 +82,13 @@ where
                 }
             }
             Step::CheckMail(request) => {
-                let resolution = handler.check_mail(&request).await;
+                let helo = session.helo().unwrap_or_default().to_string();
+                let resolution = handler.check_mail(&request, &helo).await;
                 session.resolve(resolution, &mut out);
             }
             Step::CheckRcpt(request) => {
-                let resolution = handler.check_rcpt(&request).await;
+                let helo = session.helo().unwrap_or_default().to_string();
+                let resolution = handler.check_rcpt(&request, &helo).await;
                 session.resolve(resolution, &mut out);
             }
             Step::Message(message) => {
@@ -110,6 +116,8 @@ pub(crate) struct Inbound {
     pub(crate) spool: Spool,
     pub(crate) notifier: Notifier,
     pub(crate) connections: Mutex<Connections>,
+    /// The policy plugins, when `[plugins] dir` is set.
+    pub(crate) policy: Option<Policy>,
 }
 
 /// Open inbound connections, in total and per client address.
@@ -190,45 +198,132 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound) {
             relay_allowed,
         },
     );
-    let mut handler = RelayHandler { inbound };
+    let mut handler = RelayHandler {
+        inbound,
+        peer: peer.ip(),
+        plugins: None,
+        accepted: 0,
+    };
     if let Err(err) = drive(stream, peer, session, &mut handler, inbound.timeouts).await {
         tracing::debug!(client = %peer.ip(), error = %err, "session ended with an I/O error");
     }
 }
 
-/// Puts accepted messages into the spool.
+/// Puts accepted messages into the spool, asking the policy plugins on the way.
 struct RelayHandler<'a> {
     inbound: &'a Inbound,
+    peer: IpAddr,
+    /// The plugin set of the current transaction, taken at MAIL FROM: a hot reload never
+    /// changes the plugins a transaction started with.
+    plugins: Option<Arc<PluginSet>>,
+    /// Recipients accepted in the current transaction.
+    accepted: u32,
+}
+
+impl RelayHandler<'_> {
+    fn plugins_for(&self, hook: Hook) -> Option<&Arc<PluginSet>> {
+        self.plugins.as_ref().filter(|set| set.implements(hook))
+    }
 }
 
 impl Handler for RelayHandler<'_> {
-    async fn check_mail(&mut self, _request: &MailRequest) -> Resolution {
-        if self.inbound.spool.has_free_space() {
-            Resolution::Accept
-        } else {
+    async fn check_mail(&mut self, _request: &MailRequest, _helo: &str) -> Resolution {
+        if !self.inbound.spool.has_free_space() {
             tracing::warn!(
                 event = "spool_full",
                 "refusing mail: spool below min_free_space"
             );
-            Resolution::Reject(Reply::new(
+            return Resolution::Reject(Reply::new(
                 452,
                 Some(EnhancedCode(4, 3, 1)),
                 "Insufficient system storage, try again later",
-            ))
+            ));
         }
-    }
-
-    async fn check_rcpt(&mut self, _request: &RcptRequest) -> Resolution {
+        self.plugins = self.inbound.policy.as_ref().map(Policy::snapshot);
+        self.accepted = 0;
         Resolution::Accept
     }
 
+    async fn check_rcpt(&mut self, request: &RcptRequest, helo: &str) -> Resolution {
+        let Some(plugins) = self.plugins_for(Hook::OnRcpt) else {
+            self.accepted += 1;
+            return Resolution::Accept;
+        };
+        let input = RcptInput {
+            session: hooks::session(self.peer, helo),
+            mail_from: hooks::mail_from(&request.mail_from, &request.params),
+            recipient: request.to.to_string(),
+            accepted_so_far: self.accepted,
+        };
+        let resolution = match plugins.on_rcpt(&input) {
+            RcptVerdict::NoOpinion | RcptVerdict::Accept => Resolution::Accept,
+            RcptVerdict::AcceptRewritten(address) => match Mailbox::parse(&address) {
+                Ok(mailbox) => {
+                    tracing::info!(event = "rcpt_rewritten", rcpt = %request.to, to = %mailbox, "recipient rewritten by policy");
+                    Resolution::AcceptAs(mailbox)
+                }
+                Err(err) => {
+                    tracing::warn!(event = "plugin_bad_output", hook = "on_rcpt", address = %address, error = %err, "ignoring an invalid rewritten recipient");
+                    Resolution::Accept
+                }
+            },
+            RcptVerdict::Reject(reply) => {
+                Resolution::Reject(hooks::reply_from_plugin(&reply, true, "on_rcpt"))
+            }
+            RcptVerdict::Tempfail(reply) => {
+                Resolution::Reject(hooks::reply_from_plugin(&reply, false, "on_rcpt"))
+            }
+        };
+        match &resolution {
+            Resolution::Reject(reply) => {
+                tracing::info!(event = "rcpt_refused", rcpt = %request.to, from = %request.mail_from, reply = %reply.text(), "recipient refused by policy");
+            }
+            _ => self.accepted += 1,
+        }
+        resolution
+    }
+
     async fn message(&mut self, message: IncomingMessage, peer: SocketAddr) -> Resolution {
+        let plugins = self.plugins.take();
+        let mut added_headers = String::new();
+        let mut tags: Vec<(String, String)> = Vec::new();
+        if let Some(plugins) = plugins.as_ref().filter(|set| set.implements(Hook::OnData)) {
+            let input = DataInput {
+                session: hooks::session(peer.ip(), &message.helo),
+                mail_from: hooks::mail_from(&message.mail_from, &message.params),
+                recipients: message.recipients.iter().map(|r| r.to_string()).collect(),
+                message: inspect::message_info(&message.body, plugins.wants_body()),
+                tags: Vec::new(),
+            };
+            let verdict = plugins.on_data(&input);
+            let refused = match &verdict.action {
+                DataAction::Reject(reply) => Some(hooks::reply_from_plugin(reply, true, "on_data")),
+                DataAction::Tempfail(reply) => {
+                    Some(hooks::reply_from_plugin(reply, false, "on_data"))
+                }
+                DataAction::NoOpinion | DataAction::Accept => None,
+            };
+            if let Some(reply) = refused {
+                tracing::info!(event = "message_refused", from = %message.mail_from, rcpts = message.recipients.len(), client = %peer.ip(), reply = %reply.text(), "message refused by policy");
+                return Resolution::Reject(reply);
+            }
+            for header in &verdict.add_headers {
+                match hooks::header_line(&header.name, &header.value) {
+                    Some(line) => added_headers.push_str(&line),
+                    None => {
+                        tracing::warn!(event = "plugin_bad_output", hook = "on_data", header = %header.name, "ignoring a header with an invalid name")
+                    }
+                }
+            }
+            hooks::merge_tags(&mut tags, verdict.tags);
+        }
+
         let id = MessageId::generate();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let header = received_header(&ReceivedInfo {
+        let mut prefix = received_header(&ReceivedInfo {
             helo: &message.helo,
             peer: peer.ip(),
             hostname: &self.inbound.session.hostname,
@@ -237,8 +332,14 @@ impl Handler for RelayHandler<'_> {
             recipients: &message.recipients,
             timestamp: now,
         });
+        prefix.push_str(&added_headers);
         let rcpts = message.recipients.len();
         let from = message.mail_from.to_string();
+        let tag_text = tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let result = self
             .inbound
             .spool
@@ -247,17 +348,18 @@ impl Handler for RelayHandler<'_> {
                 NewMessage {
                     mail_from: message.mail_from,
                     recipients: message.recipients,
-                    prefix: header.as_bytes(),
+                    prefix: prefix.as_bytes(),
                     body: &message.body,
                     client: Some(peer.ip()),
                     eight_bit: message.eight_bit,
                     smtputf8: message.smtputf8,
+                    tags,
                 },
             )
             .await;
         match result {
             Ok(_) => {
-                tracing::info!(event = "received", msg_id = %id, from = %from, rcpts, size = message.body.len() + header.len(), client = %peer.ip(), helo = %message.helo, "message queued");
+                tracing::info!(event = "received", msg_id = %id, from = %from, rcpts, size = message.body.len() + prefix.len(), client = %peer.ip(), helo = %message.helo, tags = %tag_text, "message queued");
                 self.inbound.notifier.queued(id);
                 Resolution::Queued(id.to_string())
             }

@@ -136,6 +136,9 @@ pub enum Resolution {
     /// The message is durably spooled under this id: `250 2.0.0 Ok: queued as ID`.
     /// For MAIL and RCPT it means the same as `Accept`.
     Queued(String),
+    /// For RCPT: accept, but queue the message for this address instead (a policy
+    /// rewrite). For MAIL and messages it means the same as `Accept`.
+    AcceptAs(Mailbox),
 }
 
 /// A complete message with its envelope, ready to be spooled.
@@ -374,7 +377,11 @@ impl Session {
                 });
                 ok(250, (2, 1, 0), "Ok")
             }
-            (Pending::Rcpt(to), _) => {
+            (Pending::Rcpt(requested), resolution) => {
+                let to = match resolution {
+                    Resolution::AcceptAs(rewritten) => rewritten,
+                    _ => requested,
+                };
                 if let Some(txn) = &mut self.txn {
                     if !txn.rcpts.contains(&to) {
                         txn.rcpts.push(to);
@@ -956,6 +963,22 @@ mod tests {
     }
 
     // ---- greeting, EHLO, HELO ----
+
+    #[test]
+    fn rcpt_accepted_as_a_rewritten_address_is_queued_for_the_new_one() {
+        let mut c = Client::ehlo();
+        c.rcpt_answer = Resolution::AcceptAs(Mailbox::parse("new@example.org").unwrap());
+        c.send("MAIL FROM:<a@example.com>\r\n");
+        let reply = c.send("RCPT TO:<old@example.net>\r\n");
+        assert!(reply.starts_with("250 2.1.5"), "{reply}");
+        c.send("DATA\r\n");
+        c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(c.messages.len(), 1);
+        assert_eq!(
+            c.messages[0].recipients,
+            vec![Mailbox::parse("new@example.org").unwrap()]
+        );
+    }
 
     #[test]
     fn greeting_names_the_host_without_enhanced_code() {

@@ -5,6 +5,7 @@
 
 mod id;
 pub(crate) mod scheduler;
+mod state;
 mod writer;
 
 use std::collections::HashSet;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::smtp::{Mailbox, ReversePath};
 
 pub use id::MessageId;
+pub(crate) use state::PluginState;
 pub(crate) use writer::Op;
 
 /// Column family names; one per purpose (DESIGN.md, "The spool").
@@ -26,6 +28,7 @@ pub(crate) const CF_BODY: &str = "body";
 pub(crate) const CF_QUEUE: &str = "queue";
 pub(crate) const CF_SCHEDULE: &str = "schedule";
 const CF_META: &str = "meta";
+pub(crate) const CF_PLUGIN_STATE: &str = "plugin_state";
 const SCHEMA_KEY: &[u8] = b"schema";
 const SCHEMA_VERSION: &[u8] = b"1";
 
@@ -136,6 +139,9 @@ pub struct QueueEntry {
     pub due_ms: u64,
     /// Recipients with their states, in RCPT order.
     pub recipients: Vec<RecipientEntry>,
+    /// key=value labels set by plugins in on_data; choose_ip and on_bounce see them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 impl QueueEntry {
@@ -173,6 +179,8 @@ pub struct NewMessage<'a> {
     pub eight_bit: bool,
     /// Needs SMTPUTF8.
     pub smtputf8: bool,
+    /// Plugin tags to keep with the message.
+    pub tags: Vec<(String, String)>,
 }
 
 /// What a scan of the schedule found.
@@ -219,6 +227,7 @@ impl Spool {
             ColumnFamilyDescriptor::new(CF_QUEUE, Options::default()),
             ColumnFamilyDescriptor::new(CF_SCHEDULE, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_PLUGIN_STATE, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|e| SpoolError::Open {
             path: path.to_path_buf(),
@@ -257,6 +266,7 @@ impl Spool {
             client: message.client,
             eight_bit: message.eight_bit,
             smtputf8: message.smtputf8,
+            tags: message.tags,
             due_ms: now,
             recipients: message
                 .recipients
@@ -349,6 +359,7 @@ impl Spool {
             client: None,
             eight_bit: body.iter().any(|b| *b >= 0x80),
             smtputf8: !rcpt.is_ascii(),
+            tags: Vec::new(),
             due_ms: now,
             recipients: vec![RecipientEntry {
                 addr: rcpt,
@@ -431,6 +442,11 @@ impl Spool {
             // Cannot tell: do not refuse mail over it; a real write failure still answers 4xx.
             Err(_) => true,
         }
+    }
+
+    /// The plugins' persistent key-value state, stored beside the queue.
+    pub(crate) fn plugin_state(&self) -> PluginState {
+        PluginState::new(Arc::clone(&self.db))
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, SpoolError> {
@@ -522,6 +538,7 @@ mod tests {
                         client: None,
                         eight_bit: false,
                         smtputf8: false,
+                        tags: Vec::new(),
                     },
                 )
                 .await
@@ -595,6 +612,7 @@ mod tests {
                         client: None,
                         eight_bit: false,
                         smtputf8: false,
+                        tags: Vec::new(),
                     },
                 )
                 .await

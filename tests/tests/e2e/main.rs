@@ -12,5 +12,6 @@ mod cli;
 mod crash;
 mod delivery;
 mod inbound;
+mod plugins;
 mod smuggling;
 mod spool;

@@ -1,0 +1,211 @@
+//! The relay's side of the hook contract: builds WIT inputs from the relay's own types and
+//! turns plugin verdicts back into SMTP replies, never trusting what a plugin returns.
+
+use std::net::IpAddr;
+
+use crate::policy::{MailFrom, Session, SmtpReply, Tag};
+use crate::smtp::{Body, EnhancedCode, MailParams, Reply, ReversePath};
+
+/// Longest reply text taken from a plugin.
+const MAX_TEXT: usize = 400;
+
+/// The session as plugins see it.
+pub(crate) fn session(peer: IpAddr, helo: &str) -> Session {
+    Session {
+        client_ip: peer.to_string(),
+        helo: helo.to_string(),
+        tls: false,
+        auth_user: None,
+    }
+}
+
+/// MAIL FROM and its parameters as plugins see them.
+pub(crate) fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
+    let mut list = Vec::new();
+    if let Some(size) = params.size {
+        list.push(("SIZE".to_string(), size.to_string()));
+    }
+    match params.body {
+        Some(Body::SevenBit) => list.push(("BODY".to_string(), "7BIT".to_string())),
+        Some(Body::EightBitMime) => list.push(("BODY".to_string(), "8BITMIME".to_string())),
+        None => {}
+    }
+    if params.smtputf8 {
+        list.push(("SMTPUTF8".to_string(), String::new()));
+    }
+    MailFrom {
+        address: from.to_string(),
+        params: list,
+    }
+}
+
+/// Tags in WIT form.
+pub(crate) fn tags(tags: &[(String, String)]) -> Vec<Tag> {
+    tags.iter()
+        .map(|(key, value)| Tag {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// Merges `new` into `tags`: a later value for the same key replaces the earlier one.
+pub(crate) fn merge_tags(tags: &mut Vec<(String, String)>, new: Vec<Tag>) {
+    for tag in new {
+        let key = clean_line(&tag.key, 64);
+        let value = clean_line(&tag.value, 256);
+        if key.is_empty() {
+            continue;
+        }
+        match tags.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => tags.push((key, value)),
+        }
+    }
+}
+
+/// A relay reply as plugins see it.
+pub(crate) fn smtp_reply(reply: &Reply) -> SmtpReply {
+    SmtpReply {
+        code: reply.code,
+        enhanced: reply.enhanced.map(|e| e.to_string()).unwrap_or_default(),
+        text: reply.lines.join(" "),
+    }
+}
+
+/// Turns a plugin's reply into a safe one of the right class: `permanent` wants 5xx,
+/// otherwise 4xx. A code of the wrong class, an enhanced code that does not match, or text
+/// with control characters (reply injection) are corrected, not trusted.
+pub(crate) fn reply_from_plugin(reply: &SmtpReply, permanent: bool, plugin_hint: &str) -> Reply {
+    let class = if permanent { 5 } else { 4 };
+    let code = if reply.code / 100 == class && reply.code % 100 < 60 {
+        reply.code
+    } else if permanent {
+        550
+    } else {
+        451
+    };
+    let enhanced = parse_enhanced(&reply.enhanced)
+        .filter(|e| e.0 == class as u8)
+        .unwrap_or(if permanent {
+            EnhancedCode(5, 7, 1)
+        } else {
+            EnhancedCode(4, 7, 1)
+        });
+    let mut text = clean_line(&reply.text, MAX_TEXT);
+    if text.is_empty() {
+        text = format!("Refused by policy ({plugin_hint})");
+    }
+    Reply::new(code, Some(enhanced), text)
+}
+
+/// A header field from a plugin as a CRLF-terminated line, or `None` when the name is not a
+/// valid field name (RFC 5322 2.2). The value cannot contain line breaks.
+pub(crate) fn header_line(name: &str, value: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 76
+        && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    valid.then(|| format!("{name}: {}\r\n", clean_line(value, 900)))
+}
+
+fn parse_enhanced(text: &str) -> Option<EnhancedCode> {
+    let mut parts = text.trim().split('.');
+    let class: u8 = parts.next()?.parse().ok()?;
+    let subject: u16 = parts.next()?.parse().ok()?;
+    let detail: u16 = parts.next()?.parse().ok()?;
+    (parts.next().is_none() && matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000)
+        .then_some(EnhancedCode(class, subject, detail))
+}
+
+/// One line of text: control characters become spaces, at most `max` bytes.
+fn clean_line(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > max {
+        let mut end = max;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin_reply(code: u16, enhanced: &str, text: &str) -> SmtpReply {
+        SmtpReply {
+            code,
+            enhanced: enhanced.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_plugin_cannot_inject_lines_into_the_reply() {
+        let reply = reply_from_plugin(
+            &plugin_reply(550, "5.7.1", "no\r\n250 2.0.0 fake"),
+            true,
+            "p",
+        );
+        let mut wire = Vec::new();
+        reply.write_to(&mut wire);
+        assert_eq!(wire, b"550 5.7.1 no  250 2.0.0 fake\r\n");
+    }
+
+    #[test]
+    fn codes_of_the_wrong_class_are_corrected() {
+        let r = reply_from_plugin(&plugin_reply(250, "2.0.0", "ok?"), true, "p");
+        assert_eq!((r.code, r.enhanced), (550, Some(EnhancedCode(5, 7, 1))));
+        let r = reply_from_plugin(&plugin_reply(550, "5.1.1", "x"), false, "p");
+        assert_eq!((r.code, r.enhanced), (451, Some(EnhancedCode(4, 7, 1))));
+        let r = reply_from_plugin(&plugin_reply(451, "4.7.1", "slow down"), false, "p");
+        assert_eq!((r.code, r.enhanced), (451, Some(EnhancedCode(4, 7, 1))));
+        let r = reply_from_plugin(&plugin_reply(554, "", ""), true, "rate-limit");
+        assert_eq!(r.lines, vec!["Refused by policy (rate-limit)".to_string()]);
+    }
+
+    #[test]
+    fn header_names_are_validated_and_values_kept_on_one_line() {
+        assert_eq!(
+            header_line("X-Policy", "ok\r\nBcc: evil@x").as_deref(),
+            Some("X-Policy: ok  Bcc: evil@x\r\n")
+        );
+        assert_eq!(header_line("Bad Name", "v"), None);
+        assert_eq!(header_line("", "v"), None);
+        assert_eq!(header_line("A:B", "v"), None);
+    }
+
+    #[test]
+    fn later_tags_replace_earlier_values() {
+        let mut t = vec![("campaign".to_string(), "a".to_string())];
+        merge_tags(
+            &mut t,
+            vec![
+                Tag {
+                    key: "campaign".into(),
+                    value: "b".into(),
+                },
+                Tag {
+                    key: "pool".into(),
+                    value: "bulk\n".into(),
+                },
+                Tag {
+                    key: " ".into(),
+                    value: "ignored".into(),
+                },
+            ],
+        );
+        assert_eq!(
+            t,
+            vec![
+                ("campaign".to_string(), "b".to_string()),
+                ("pool".to_string(), "bulk".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! An immutable, ordered set of plugins and the hook dispatch over it.
+
+use std::sync::Arc;
+
+use super::plugin::{FaultCounts, LoadedPlugin, Outcome};
+use super::{
+    BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
+    DataVerdict, Fallback, Fallbacks, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply, Tag,
+};
+
+/// A snapshot of the loaded plugins, in the order they run (priority, then name).
+///
+/// Hook calls are synchronous and bounded by the time budget of each plugin they run; they
+/// never block on I/O other than the [`super::StateStore`], so they may be called from async
+/// code.
+pub(crate) struct PluginSet {
+    plugins: Vec<Arc<LoadedPlugin>>,
+    fallback: Fallbacks,
+}
+
+/// A plugin's state, for metrics and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // read by tests; for the metrics endpoint
+pub(crate) struct PluginStats {
+    /// The plugin's name (file stem).
+    pub name: String,
+    /// What `describe()` gave as its version.
+    pub version: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Skipped after repeated faults.
+    pub quarantined: bool,
+    /// Faults by kind.
+    pub faults: FaultCounts,
+}
+
+/// The reply of a fail-closed fallback.
+fn policy_unavailable() -> SmtpReply {
+    SmtpReply {
+        code: 451,
+        enhanced: "4.3.0".to_string(),
+        text: "policy unavailable, try again later".to_string(),
+    }
+}
+
+/// Sets `tag` in `tags`: a later value for the same key replaces the earlier one.
+fn merge_tag(tags: &mut Vec<Tag>, tag: &Tag) {
+    match tags.iter_mut().find(|t| t.key == tag.key) {
+        Some(existing) => existing.value.clone_from(&tag.value),
+        None => tags.push(tag.clone()),
+    }
+}
+
+impl PluginSet {
+    /// A set running `plugins` in the order given.
+    pub(super) fn new(plugins: Vec<Arc<LoadedPlugin>>, fallback: Fallbacks) -> PluginSet {
+        PluginSet { plugins, fallback }
+    }
+
+    /// True when there are no plugins.
+    #[allow(dead_code)] // part of the API the relay codes against
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// True when some (non-quarantined) plugin implements `hook`; when false the relay may skip
+    /// building the hook's input.
+    pub fn implements(&self, hook: Hook) -> bool {
+        self.plugins.iter().any(|p| p.implements(hook))
+    }
+
+    /// True when some plugin that runs `on_data` asked for the message text (`wants-body`).
+    pub fn wants_body(&self) -> bool {
+        self.plugins
+            .iter()
+            .any(|p| p.info.wants_body && p.implements(Hook::OnData))
+    }
+
+    /// The plugins' names in the order they run.
+    pub fn names(&self) -> Vec<String> {
+        self.plugins.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Each plugin's version, quarantine state and fault counts.
+    #[allow(dead_code)] // read by tests; for the metrics endpoint
+    pub fn stats(&self) -> Vec<PluginStats> {
+        self.plugins
+            .iter()
+            .map(|p| PluginStats {
+                name: p.name.clone(),
+                version: p.info.version.clone(),
+                sha256: p.hash.clone(),
+                quarantined: p.is_quarantined(),
+                faults: p.fault_counts(),
+            })
+            .collect()
+    }
+
+    fn running(&self, hook: Hook) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.plugins.iter().filter(move |p| p.implements(hook))
+    }
+
+    /// Asks the plugins about one recipient; the first answer other than no-opinion wins.
+    /// A fault gives the `on_rcpt` fallback: no opinion (fail-open) or `451 4.3.0`.
+    pub fn on_rcpt(&self, input: &RcptInput) -> RcptVerdict {
+        for plugin in self.running(Hook::OnRcpt) {
+            match plugin.call(Hook::OnRcpt, |p, store| {
+                p.relay_policy_hooks().call_on_rcpt(store, input)
+            }) {
+                Outcome::Done(RcptVerdict::NoOpinion) | Outcome::Skipped => {}
+                Outcome::Done(verdict) => return verdict,
+                Outcome::Failed => {
+                    if self.fallback.on_rcpt == Fallback::Tempfail {
+                        return RcptVerdict::Tempfail(policy_unavailable());
+                    }
+                }
+            }
+        }
+        RcptVerdict::NoOpinion
+    }
+
+    /// Asks every plugin about the message. The action is the first other than no-opinion (a
+    /// fault with a fail-closed fallback counts as `451 4.3.0`); headers and tags accumulate
+    /// over all plugins, and each plugin sees the tags set before it in `input.tags`.
+    pub fn on_data(&self, input: &DataInput) -> DataVerdict {
+        let mut action: Option<DataAction> = None;
+        let mut add_headers = Vec::new();
+        let mut tags: Vec<Tag> = Vec::new();
+        // A copy of the input, made only once some plugin sets a tag.
+        let mut tagged: Option<DataInput> = None;
+        for plugin in self.running(Hook::OnData) {
+            let current = tagged.as_ref().unwrap_or(input);
+            match plugin.call(Hook::OnData, |p, store| {
+                p.relay_policy_hooks().call_on_data(store, current)
+            }) {
+                Outcome::Done(verdict) => {
+                    if action.is_none() && verdict.action != DataAction::NoOpinion {
+                        action = Some(verdict.action);
+                    }
+                    add_headers.extend(verdict.add_headers);
+                    if !verdict.tags.is_empty() {
+                        let next = tagged.get_or_insert_with(|| input.clone());
+                        for tag in &verdict.tags {
+                            merge_tag(&mut next.tags, tag);
+                        }
+                        tags.extend(verdict.tags);
+                    }
+                }
+                Outcome::Failed => {
+                    if action.is_none() && self.fallback.on_data == Fallback::Tempfail {
+                        action = Some(DataAction::Tempfail(policy_unavailable()));
+                    }
+                }
+                Outcome::Skipped => {}
+            }
+        }
+        DataVerdict {
+            action: action.unwrap_or(DataAction::NoOpinion),
+            add_headers,
+            tags,
+        }
+    }
+
+    /// Asks every plugin where the delivery should come from. The choice is the first other
+    /// than no-opinion; `not_before` is the latest any plugin asked for (holding is the safe
+    /// side). A fault means no opinion (the default pool).
+    pub fn choose_ip(&self, input: &ChooseInput) -> ChooseVerdict {
+        let mut choice = IpChoice::NoOpinion;
+        let mut not_before: Option<u64> = None;
+        for plugin in self.running(Hook::ChooseIp) {
+            if let Outcome::Done(verdict) = plugin.call(Hook::ChooseIp, |p, store| {
+                p.relay_policy_hooks().call_choose_ip(store, input)
+            }) {
+                if choice == IpChoice::NoOpinion {
+                    choice = verdict.choice;
+                }
+                not_before = match (not_before, verdict.not_before) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        ChooseVerdict { choice, not_before }
+    }
+
+    /// Asks the plugins about a failed attempt. The action is the first other than
+    /// no-opinion, the class the first given; plugins run until both are known. A fault means
+    /// no opinion (the relay's own retry schedule).
+    pub fn on_bounce(&self, input: &BounceInput) -> BounceVerdict {
+        let mut action = BounceAction::NoOpinion;
+        let mut class: Option<String> = None;
+        for plugin in self.running(Hook::OnBounce) {
+            if action != BounceAction::NoOpinion && class.is_some() {
+                break;
+            }
+            if let Outcome::Done(verdict) = plugin.call(Hook::OnBounce, |p, store| {
+                p.relay_policy_hooks().call_on_bounce(store, input)
+            }) {
+                if action == BounceAction::NoOpinion {
+                    action = verdict.action;
+                }
+                if class.is_none() {
+                    class = verdict.class;
+                }
+            }
+        }
+        BounceVerdict { action, class }
+    }
+}

@@ -1,0 +1,1016 @@
+//! Tests of the plugin runtime with real components: `bad-plugin` (and `hello-plugin`) built
+//! for wasm32-wasip2 by [`guest`] when missing or stale.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Scaffolding
+// ---------------------------------------------------------------------------------------------
+
+/// The workspace root.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else the ancestor of this test binary that
+/// holds `CACHEDIR.TAG`.
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .find(|dir| dir.join("CACHEDIR.TAG").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// The newest modification time of the files under `dirs`.
+fn newest(dirs: &[PathBuf]) -> SystemTime {
+    fn walk(path: &Path, newest: &mut SystemTime) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if let Ok(modified) = meta.modified() {
+            *newest = (*newest).max(modified);
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), newest);
+            }
+        }
+    }
+    let mut time = SystemTime::UNIX_EPOCH;
+    for dir in dirs {
+        walk(dir, &mut time);
+    }
+    time
+}
+
+/// The component of guest crate `krate` (in `crate_dir`), built with
+/// `cargo build --target wasm32-wasip2 --release -p krate` when missing or older than its
+/// sources or the SDK's. Panics with instructions when the target is not installed.
+fn guest_at(krate: &str, crate_dir: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::BTreeMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = built.get(krate) {
+        return path.clone();
+    }
+    let target = target_dir();
+    let wasm = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", krate.replace('-', "_")));
+    let root = workspace();
+    let sources = newest(&[
+        root.join(crate_dir).join("src"),
+        root.join(crate_dir).join("Cargo.toml"),
+        root.join("plugin-sdk/src"),
+        root.join("plugin-sdk/wit"),
+        root.join("plugin-sdk/Cargo.toml"),
+    ]);
+    let fresh = std::fs::metadata(&wasm)
+        .and_then(|m| m.modified())
+        .is_ok_and(|built_at| built_at >= sources);
+    if !fresh {
+        let sysroot = std::process::Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if !Path::new(&sysroot)
+            .join("lib/rustlib/wasm32-wasip2")
+            .exists()
+        {
+            panic!(
+                "the wasm32-wasip2 target is not installed, so the test plugins cannot be built: \
+                 run `make plugins` (or `rustup target add wasm32-wasip2`) and test again"
+            );
+        }
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let output = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--target",
+                "wasm32-wasip2",
+                "--release",
+                "-p",
+                krate,
+            ])
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("run cargo");
+        assert!(
+            output.status.success(),
+            "building {krate} for wasm32-wasip2 failed (try `make plugins`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(wasm.exists(), "{} was not built", wasm.display());
+    built.insert(krate.to_string(), wasm.clone());
+    wasm
+}
+
+/// `bad-plugin`'s component.
+fn bad_plugin() -> PathBuf {
+    guest_at("bad-plugin", "plugins/bad-plugin")
+}
+
+/// A compile cache shared by the tests, so each component is compiled once per build.
+fn shared_cache() -> PathBuf {
+    target_dir().join("tmp/relay-policy-test-cache")
+}
+
+/// Installs `src` as `dir/name` the way operators should: write, then rename.
+fn install(src: &Path, dir: &Path, name: &str) {
+    install_bytes(&std::fs::read(src).expect("read plugin"), dir, name);
+}
+
+fn install_bytes(bytes: &[u8], dir: &Path, name: &str) {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, bytes).expect("write plugin");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename plugin");
+}
+
+/// The component with a custom section appended: same behaviour, different hash.
+fn variant(bytes: &[u8], label: &str) -> Vec<u8> {
+    let name = b"relay-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(label.as_bytes());
+    assert!(payload.len() < 128, "keep the LEB128 size one byte");
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(payload.len() as u8);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Settings for a test: small poll interval, the shared cache.
+fn settings(dir: &Path) -> PolicySettings {
+    let mut s = PolicySettings::new(dir, shared_cache());
+    s.poll_interval = Duration::from_millis(100);
+    s
+}
+
+fn table(priority: i64, config: &str) -> PluginTable {
+    PluginTable {
+        priority,
+        config_json: config.to_string(),
+    }
+}
+
+fn start(settings: PolicySettings) -> Policy {
+    Policy::start(settings, Arc::new(MemoryStateStore::new())).expect("policy starts")
+}
+
+/// A directory with `bad-plugin` installed under each of `names`.
+fn dir_with(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in names {
+        install(&bad_plugin(), dir.path(), &format!("{name}.wasm"));
+    }
+    dir
+}
+
+/// Runs `f` with the log captured (on this thread), returning what was logged.
+fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text =
+        String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    (result, text)
+}
+
+/// Waits up to `limit` for `cond`, returning how long it took.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if cond() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn session() -> Session {
+    Session {
+        client_ip: "192.0.2.1".to_string(),
+        helo: "client.example".to_string(),
+        tls: false,
+        auth_user: None,
+    }
+}
+
+fn rcpt(to: &str) -> RcptInput {
+    RcptInput {
+        session: session(),
+        mail_from: MailFrom {
+            address: "sender@example.test".to_string(),
+            params: vec![("SIZE".to_string(), "100".to_string())],
+        },
+        recipient: to.to_string(),
+        accepted_so_far: 0,
+    }
+}
+
+fn data(from: &str) -> DataInput {
+    DataInput {
+        session: session(),
+        mail_from: MailFrom {
+            address: from.to_string(),
+            params: Vec::new(),
+        },
+        recipients: vec!["rcpt@example.net".to_string()],
+        message: MessageInfo {
+            size: 42,
+            headers: vec![Header {
+                name: "Subject".to_string(),
+                value: "hi".to_string(),
+            }],
+            subject: Some("hi".to_string()),
+            from: vec![from.to_string()],
+            to: vec!["rcpt@example.net".to_string()],
+            cc: Vec::new(),
+            message_id: None,
+            parts: vec![MimePart {
+                content_type: "text/plain".to_string(),
+                filename: None,
+                is_attachment: false,
+                size: 2,
+            }],
+            body_text: None,
+        },
+        tags: Vec::new(),
+    }
+}
+
+fn choose(tags: &[(&str, &str)]) -> ChooseInput {
+    ChooseInput {
+        message_id: "m1".to_string(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| Tag {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        sender: "sender@example.test".to_string(),
+        domain: "example.net".to_string(),
+        mx_host: "mx.example.net".to_string(),
+        recipients: 1,
+        sources: vec![Source {
+            name: "mta1".to_string(),
+            ip: "127.0.0.2".to_string(),
+            ehlo: "mta1.example.test".to_string(),
+        }],
+        pools: vec![Pool {
+            name: "bulk".to_string(),
+            members: vec![PoolMember {
+                source: "mta1".to_string(),
+                weight: 1,
+            }],
+        }],
+    }
+}
+
+fn bounce(tags: &[(&str, &str)]) -> BounceInput {
+    BounceInput {
+        message_id: "m1".to_string(),
+        recipient: "rcpt@example.net".to_string(),
+        sender: "sender@example.test".to_string(),
+        attempt: 1,
+        kind: FailureKind::RemoteReply,
+        reply: SmtpReply {
+            code: 552,
+            enhanced: "5.2.2".to_string(),
+            text: "mailbox full".to_string(),
+        },
+        permanent: true,
+        source_ip: None,
+        mx_host: Some("mx.example.net".to_string()),
+        tags: choose(tags).tags,
+    }
+}
+
+fn reply_text(verdict: &RcptVerdict) -> &str {
+    match verdict {
+        RcptVerdict::Reject(r) | RcptVerdict::Tempfail(r) => &r.text,
+        _ => "",
+    }
+}
+
+fn stats_of(set: &PluginSet, name: &str) -> set::PluginStats {
+    set.stats()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("plugin {name} is in the set"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts and ordering
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn verdicts_flow_from_a_real_plugin_for_all_four_hooks() {
+    let dir = dir_with(&["bad"]);
+    let mut s = settings(dir.path());
+    s.plugins.insert(
+        "bad".to_string(),
+        table(
+            100,
+            r#"{"tags": {"campaign": "spring"}, "headers": {"X-Bad": "yes"}, "pool": "bulk", "not_before": 1234, "bounce_class": "mailbox-full"}"#,
+        ),
+    );
+    let policy = start(s);
+    let set = policy.snapshot();
+    assert_eq!(set.names(), vec!["bad".to_string()]);
+    assert!(!set.is_empty());
+    for hook in [Hook::OnRcpt, Hook::OnData, Hook::ChooseIp, Hook::OnBounce] {
+        assert!(set.implements(hook), "{hook:?}");
+    }
+    assert!(!set.wants_body());
+
+    assert_eq!(
+        set.on_rcpt(&rcpt("bob@example.net")),
+        RcptVerdict::NoOpinion
+    );
+    assert_eq!(
+        set.on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::Accept
+    );
+    match set.on_rcpt(&rcpt("reject@example.net")) {
+        RcptVerdict::Reject(reply) => {
+            assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.7.1"));
+        }
+        other => panic!("expected a reject, got {other:?}"),
+    }
+
+    let verdict = set.on_data(&data("sender@example.test"));
+    assert_eq!(verdict.action, DataAction::NoOpinion);
+    assert_eq!(
+        verdict.tags,
+        vec![Tag {
+            key: "campaign".to_string(),
+            value: "spring".to_string()
+        }]
+    );
+    assert_eq!(
+        verdict.add_headers,
+        vec![Header {
+            name: "X-Bad".to_string(),
+            value: "yes".to_string()
+        }]
+    );
+
+    let choice = set.choose_ip(&choose(&[]));
+    assert_eq!(choice.choice, IpChoice::Pool("bulk".to_string()));
+    assert_eq!(choice.not_before, Some(1234));
+
+    let verdict = set.on_bounce(&bounce(&[]));
+    assert_eq!(verdict.action, BounceAction::NoOpinion);
+    assert_eq!(verdict.class.as_deref(), Some("mailbox-full"));
+}
+
+#[test]
+fn plugins_run_in_priority_order_and_the_first_opinion_wins() {
+    let dir = dir_with(&["a", "b", "c", "d"]);
+    let mut s = settings(dir.path());
+    s.plugins
+        .insert("c".to_string(), table(10, r#"{"rcpt": "none"}"#));
+    s.plugins.insert(
+        "b".to_string(),
+        table(20, r#"{"rcpt": "reject", "text": "from b"}"#),
+    );
+    s.plugins.insert(
+        "a".to_string(),
+        table(20, r#"{"rcpt": "reject", "text": "from a"}"#),
+    );
+    s.plugins
+        .insert("d".to_string(), table(5, r#"{"rcpt": "none"}"#));
+    let policy = start(s);
+    let set = policy.snapshot();
+    // Lower priority first; a and b tie at 20 and run in name order.
+    assert_eq!(set.names(), vec!["d", "c", "a", "b"]);
+    assert_eq!(reply_text(&set.on_rcpt(&rcpt("bob@example.net"))), "from a");
+    // A trigger answered by d (the first) wins over the config of the others.
+    assert_eq!(
+        set.on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::Accept
+    );
+}
+
+#[test]
+fn on_data_accumulates_tags_and_headers_and_later_plugins_see_earlier_tags() {
+    let dir = dir_with(&["first", "second", "third"]);
+    let mut s = settings(dir.path());
+    s.plugins.insert(
+        "first".to_string(),
+        table(1, r#"{"tags": {"campaign": "x"}}"#),
+    );
+    s.plugins.insert(
+        "second".to_string(),
+        table(
+            2,
+            r#"{"data": "reject", "text": "no", "echo_tags": true, "tags": {"pool": "bulk"}}"#,
+        ),
+    );
+    s.plugins.insert(
+        "third".to_string(),
+        table(
+            3,
+            r#"{"data": "accept", "echo_tags": true, "tags": {"campaign": "y"}}"#,
+        ),
+    );
+    let policy = start(s);
+    let verdict = policy.snapshot().on_data(&data("sender@example.test"));
+    match &verdict.action {
+        DataAction::Reject(reply) => assert_eq!(reply.text, "no"),
+        other => panic!("the first opinion (second's reject) wins, got {other:?}"),
+    }
+    let seen: Vec<&str> = verdict
+        .add_headers
+        .iter()
+        .filter(|h| h.name == "X-Seen-Tags")
+        .map(|h| h.value.as_str())
+        .collect();
+    assert_eq!(seen, vec!["campaign=x", "campaign=x;pool=bulk"]);
+    let tags: Vec<(&str, &str)> = verdict
+        .tags
+        .iter()
+        .map(|t| (t.key.as_str(), t.value.as_str()))
+        .collect();
+    assert_eq!(
+        tags,
+        vec![("campaign", "x"), ("pool", "bulk"), ("campaign", "y")]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_looping_plugin_times_out_within_its_budget_and_the_next_call_works() {
+    let dir = dir_with(&["looper"]);
+    let mut s = settings(dir.path());
+    s.time_budget = Duration::from_millis(10);
+    let policy = start(s);
+    let set = policy.snapshot();
+    let started = Instant::now();
+    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("loop@example.net")));
+    let took = started.elapsed();
+    assert_eq!(verdict, RcptVerdict::NoOpinion, "fail-open fallback");
+    assert!(took >= Duration::from_millis(10), "stopped early: {took:?}");
+    assert!(
+        took < Duration::from_millis(150),
+        "took {took:?} for a 10 ms budget"
+    );
+    assert!(log.contains("plugin_fault"), "{log}");
+    assert!(log.contains("kind=\"timeout\""), "{log}");
+    assert!(log.contains("plugin=looper"), "{log}");
+    assert!(log.contains("hook=\"on_rcpt\""), "{log}");
+    assert_eq!(stats_of(&set, "looper").faults.timeout, 1);
+    assert_eq!(
+        set.on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::Accept
+    );
+}
+
+#[test]
+fn fail_closed_fallbacks_tempfail_with_451_4_3_0() {
+    let dir = dir_with(&["closed"]);
+    let mut s = settings(dir.path());
+    s.fallback = Fallbacks {
+        on_rcpt: Fallback::Tempfail,
+        on_data: Fallback::Tempfail,
+    };
+    let policy = start(s);
+    let set = policy.snapshot();
+    match set.on_rcpt(&rcpt("trap@example.net")) {
+        RcptVerdict::Tempfail(reply) => {
+            assert_eq!((reply.code, reply.enhanced.as_str()), (451, "4.3.0"));
+        }
+        other => panic!("expected the fail-closed fallback, got {other:?}"),
+    }
+    match set.on_data(&data("loop@example.test")).action {
+        DataAction::Tempfail(reply) => assert_eq!(reply.code, 451),
+        other => panic!("expected the fail-closed fallback, got {other:?}"),
+    }
+    // choose_ip and on_bounce faults are "no opinion" whatever the fallbacks say.
+    assert_eq!(
+        set.choose_ip(&choose(&[("bad", "trap")])).choice,
+        IpChoice::NoOpinion
+    );
+    assert_eq!(
+        set.on_bounce(&bounce(&[("bad", "loop")])).action,
+        BounceAction::NoOpinion
+    );
+    let faults = stats_of(&set, "closed").faults;
+    assert_eq!((faults.trap, faults.timeout), (2, 2), "{faults:?}");
+}
+
+#[test]
+fn a_memory_bomb_gets_the_fallback_and_is_reported_as_memory() {
+    let dir = dir_with(&["hog"]);
+    let mut s = settings(dir.path());
+    s.memory_limit = 8 << 20;
+    let policy = start(s);
+    let set = policy.snapshot();
+    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("oom@example.net")));
+    assert_eq!(verdict, RcptVerdict::NoOpinion);
+    assert!(log.contains("plugin_fault"), "{log}");
+    assert_eq!(stats_of(&set, "hog").faults.memory, 1, "{log}");
+    assert_eq!(
+        set.on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::Accept
+    );
+}
+
+#[test]
+fn a_trap_gets_the_fallback_its_panic_message_is_logged_and_a_fresh_instance_serves_next() {
+    let dir = dir_with(&["trapper"]);
+    let policy = start(settings(dir.path()));
+    let set = policy.snapshot();
+    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("trap@example.net")));
+    assert_eq!(verdict, RcptVerdict::NoOpinion);
+    assert!(
+        log.contains("trap requested by trap@example.net"),
+        "the SDK forwards the panic: {log}"
+    );
+    assert!(log.contains("plugin_fault"), "{log}");
+    assert_eq!(stats_of(&set, "trapper").faults.trap, 1);
+    for _ in 0..3 {
+        assert_eq!(
+            set.on_rcpt(&rcpt("accept@example.net")),
+            RcptVerdict::Accept
+        );
+    }
+}
+
+#[test]
+fn host_limits_trap_with_a_clear_message_and_log_floods_are_cut() {
+    let dir = dir_with(&["limits"]);
+    let policy = start(settings(dir.path()));
+    let set = policy.snapshot();
+    let (_, log) = capture(|| set.on_rcpt(&rcpt("bigkey@example.net")));
+    assert!(log.contains("longer than the limit of 512"), "{log}");
+    assert_eq!(stats_of(&set, "limits").faults.trap, 1);
+    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("chatty@example.net")));
+    assert_eq!(verdict, RcptVerdict::NoOpinion);
+    assert!(log.contains("plugin_log_dropped"), "{log}");
+    assert!(
+        log.matches("plugin_log").count() < 80,
+        "the flood was not cut"
+    );
+}
+
+#[test]
+fn quarantine_after_max_faults_and_a_new_file_lifts_it() {
+    let dir = dir_with(&["flaky"]);
+    let mut s = settings(dir.path());
+    s.max_faults = 3;
+    let policy = start(s);
+    let set = policy.snapshot();
+    let (_, log) = capture(|| {
+        for _ in 0..3 {
+            set.on_rcpt(&rcpt("trap@example.net"));
+        }
+    });
+    assert!(log.contains("plugin_quarantined"), "{log}");
+    let stats = stats_of(&set, "flaky");
+    assert!(stats.quarantined);
+    assert!(
+        !set.implements(Hook::OnRcpt),
+        "a quarantined plugin is skipped"
+    );
+    assert_eq!(
+        set.on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::NoOpinion
+    );
+    assert_eq!(
+        stats_of(&set, "flaky").faults.trap,
+        3,
+        "skipped calls are not faults"
+    );
+
+    let bytes = std::fs::read(bad_plugin()).expect("read");
+    install_bytes(&variant(&bytes, "quarantine"), dir.path(), "flaky.wasm");
+    let reloaded = wait_for(Duration::from_secs(30), || {
+        policy
+            .snapshot()
+            .stats()
+            .iter()
+            .any(|s| s.name == "flaky" && !s.quarantined)
+    });
+    assert!(
+        reloaded.is_some(),
+        "the new file replaced the quarantined plugin"
+    );
+    assert_eq!(
+        policy.snapshot().on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::Accept
+    );
+    // The old snapshot still has the quarantined version.
+    assert!(stats_of(&set, "flaky").quarantined);
+}
+
+#[test]
+fn stdio_and_blocking_wasi_calls_never_panic_the_relay_on_a_tokio_worker() {
+    let dir = dir_with(&["wasi"]);
+    let policy = start(settings(dir.path()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let set = policy.snapshot();
+    let results = runtime.block_on(async move {
+        tokio::spawn(async move {
+            let print = set.on_rcpt(&rcpt("print@example.net"));
+            let sleep = set.on_rcpt(&rcpt("sleep@example.net"));
+            let clock = set.on_rcpt(&rcpt("clock@example.net"));
+            (print, sleep, clock, stats_of(&set, "wasi"))
+        })
+        .await
+    });
+    let (print, sleep, clock, stats) = results.expect("the task did not panic");
+    assert_eq!(print, RcptVerdict::NoOpinion);
+    assert_eq!(
+        sleep,
+        RcptVerdict::NoOpinion,
+        "sleeping traps: the fallback"
+    );
+    assert_eq!(stats.faults.trap, 1, "only the sleep faulted: {stats:?}");
+    let text = reply_text(&clock).to_string();
+    assert!(text.starts_with("wasi-clock=0 host-clock="), "{text}");
+    let host_clock: u64 = text
+        .rsplit('=')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(host_clock > 1_600_000_000_000, "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host API
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn state_is_namespaced_per_plugin_and_throttle_keys_are_shared() {
+    let dir = dir_with(&["one", "two"]);
+    let mut s = settings(dir.path());
+    s.plugins.insert("one".to_string(), table(1, "{}"));
+    s.plugins.insert("two".to_string(), table(2, "{}"));
+    let state = Arc::new(MemoryStateStore::new());
+    let policy = Policy::start(s, state.clone()).expect("start");
+    let set = policy.snapshot();
+    assert_eq!(
+        reply_text(&set.on_rcpt(&rcpt("count@example.net"))),
+        "count=1"
+    );
+    assert_eq!(
+        reply_text(&set.on_rcpt(&rcpt("count@example.net"))),
+        "count=2"
+    );
+    assert_eq!(state.counter_add("one", "count", 0, None), 2);
+    assert_eq!(state.counter_add("two", "count", 0, None), 0);
+
+    // `one` answers the first throttle call (allowed: Accept); the key is shared, so the
+    // second call is refused whichever plugin makes it.
+    assert_eq!(
+        set.on_rcpt(&rcpt("throttle@example.net")),
+        RcptVerdict::Accept
+    );
+    match set.on_rcpt(&rcpt("throttle@example.net")) {
+        RcptVerdict::Tempfail(reply) => {
+            assert!(reply.text.starts_with("slow down"), "{}", reply.text)
+        }
+        other => panic!("expected the throttle to refuse, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and hot reload
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn hot_reload_adds_replaces_and_removes_within_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(dir.path());
+    s.poll_interval = Duration::from_millis(250);
+    s.plugins.insert(
+        "hot".to_string(),
+        table(1, r#"{"rcpt": "reject", "text": "v1"}"#),
+    );
+    let bytes = std::fs::read(bad_plugin()).expect("read");
+    let replacement = variant(&bytes, "hot-reload");
+    // Warm the shared cache with both versions, so the timings below measure the reload,
+    // not a first compile in a debug build.
+    {
+        let warm = dir_with(&["warm"]);
+        install_bytes(&replacement, warm.path(), "warm2.wasm");
+        drop(start(settings(warm.path())));
+    }
+    let policy = start(s);
+    let before = policy.snapshot();
+    assert!(before.is_empty());
+
+    install_bytes(&bytes, dir.path(), "hot.wasm");
+    let added = wait_for(Duration::from_secs(5), || {
+        policy.snapshot().names() == ["hot"]
+    });
+    assert!(
+        added.is_some_and(|t| t < Duration::from_secs(1)),
+        "added in {added:?}"
+    );
+    let v1 = policy.snapshot();
+    assert_eq!(reply_text(&v1.on_rcpt(&rcpt("bob@example.net"))), "v1");
+    let v1_hash = stats_of(&v1, "hot").sha256;
+
+    install_bytes(&replacement, dir.path(), "hot.wasm");
+    let replaced = wait_for(Duration::from_secs(5), || {
+        policy
+            .snapshot()
+            .stats()
+            .first()
+            .is_some_and(|s| s.sha256 != v1_hash)
+    });
+    assert!(
+        replaced.is_some_and(|t| t < Duration::from_secs(1)),
+        "replaced in {replaced:?}"
+    );
+
+    std::fs::remove_file(dir.path().join("hot.wasm")).expect("remove");
+    let removed = wait_for(Duration::from_secs(5), || policy.snapshot().is_empty());
+    assert!(
+        removed.is_some_and(|t| t < Duration::from_secs(1)),
+        "removed in {removed:?}"
+    );
+
+    // A transaction keeps the set it started with.
+    assert!(before.is_empty());
+    assert_eq!(reply_text(&v1.on_rcpt(&rcpt("bob@example.net"))), "v1");
+}
+
+#[test]
+fn bad_files_are_refused_with_clear_messages_and_the_old_version_stays_active() {
+    let dir = dir_with(&["keeper"]);
+    let runtime = Arc::new(
+        runtime::Runtime::new(
+            runtime::RuntimeOptions::serving(&settings(dir.path())),
+            Arc::new(MemoryStateStore::new()),
+        )
+        .expect("runtime"),
+    );
+    let mut loader = watch::Loader::new(runtime, settings(dir.path()));
+    assert!(loader.scan());
+    let good_hash = stats_of(&loader.build_set(), "keeper").sha256;
+    let bytes = std::fs::read(bad_plugin()).expect("read");
+
+    let version_0_2: Vec<u8> = {
+        let text = b"relay:policy/";
+        let mut out = bytes.clone();
+        let mut i = 0;
+        while i + text.len() + 16 < out.len() {
+            if out[i..].starts_with(text) {
+                let rest = &mut out[i + text.len()..];
+                if let Some(at) = rest.windows(6).take(16).position(|w| w == b"@0.1.0") {
+                    rest[at + 3] = b'2';
+                }
+            }
+            i += 1;
+        }
+        out
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "text",
+            b"this is not wasm at all".to_vec(),
+            "not a WebAssembly file",
+        ),
+        // An empty core module: `\0asm`, version 1.
+        (
+            "core",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "a core WebAssembly module, not a component",
+        ),
+        // An empty component: valid, but without the interface.
+        (
+            "empty",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "does not implement relay:policy@0.1.0",
+        ),
+        (
+            "version",
+            version_0_2,
+            "built for relay:policy@0.2.0, this relay binds relay:policy@0.1.0",
+        ),
+        (
+            "truncated",
+            bytes[..bytes.len() / 2].to_vec(),
+            "invalid WebAssembly component",
+        ),
+    ];
+    for (label, bad, expected) in cases {
+        install_bytes(&bad, dir.path(), "keeper.wasm");
+        let (changed, log) = capture(|| loader.scan());
+        assert!(!changed, "{label}: a refused file changes nothing");
+        assert!(log.contains("plugin_refused"), "{label}: {log}");
+        assert!(
+            log.contains("keeper.wasm"),
+            "{label}: the line names the file: {log}"
+        );
+        assert!(
+            log.contains(expected),
+            "{label}: expected {expected:?} in {log}"
+        );
+        assert!(log.contains("kept_previous=true"), "{label}: {log}");
+        let set = loader.build_set();
+        assert_eq!(
+            stats_of(&set, "keeper").sha256,
+            good_hash,
+            "{label}: the old version stays"
+        );
+        // The same refused file is not retried (or logged) again.
+        let (_, again) = capture(|| loader.scan());
+        assert!(!again.contains("plugin_refused"), "{label}: {again}");
+
+        let path = dir.path().join(format!("{label}.wasm"));
+        std::fs::write(&path, &bad).expect("write");
+        let err = check_plugin(&path).expect_err("check refuses it");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&path.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{message}");
+        std::fs::remove_file(&path).expect("remove");
+    }
+}
+
+#[test]
+fn the_compile_cache_is_used_on_a_second_start() {
+    let dir = dir_with(&["cached"]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(dir.path());
+    s.cache_dir = cache.path().to_path_buf();
+    let (first, log1) = capture(|| start(s.clone()));
+    drop(first);
+    assert!(log1.contains("cache_hit=Some(false)"), "{log1}");
+    let files = walk_files(cache.path());
+    assert!(
+        !files.is_empty(),
+        "the cache directory has the compiled code"
+    );
+    let (second, log2) = capture(|| start(s.clone()));
+    assert!(log2.contains("cache_hit=Some(true)"), "{log2}");
+    assert_eq!(
+        second.snapshot().on_rcpt(&rcpt("accept@example.net")),
+        RcptVerdict::Accept
+    );
+    let compile_ms = |log: &str| -> f64 {
+        log.split("compile_ms=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::MAX)
+    };
+    eprintln!(
+        "compile: {} ms, from the cache: {} ms",
+        compile_ms(&log1),
+        compile_ms(&log2)
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn check_file_reports_name_version_and_hooks() {
+    let report = check_file(&bad_plugin()).expect("bad-plugin passes the checks");
+    assert_eq!(report.name, "bad_plugin");
+    assert_eq!(report.declared_name, "bad-plugin");
+    assert_eq!(report.interface, INTERFACE);
+    assert_eq!(
+        report.hooks,
+        vec!["on_rcpt", "on_data", "choose_ip", "on_bounce"]
+    );
+    assert!(!report.wants_body);
+    let text = report.to_string();
+    assert!(
+        text.contains("hooks:      on_rcpt, on_data, choose_ip, on_bounce"),
+        "{text}"
+    );
+
+    if workspace()
+        .join("examples/hello-plugin/Cargo.toml")
+        .exists()
+    {
+        let hello = guest_at("hello-plugin", "examples/hello-plugin");
+        let report = check_plugin(&hello).expect("hello-plugin passes the checks");
+        assert!(!report.hooks.is_empty(), "{report}");
+    }
+
+    let missing = check_plugin(Path::new("/nonexistent/x.wasm")).expect_err("missing file");
+    assert!(
+        missing.to_string().starts_with("/nonexistent/x.wasm: "),
+        "{missing}"
+    );
+}
+
+#[test]
+fn a_missing_plugin_directory_is_an_error_at_start() {
+    let err = Policy::start(
+        settings(Path::new("/nonexistent/plugins")),
+        Arc::new(MemoryStateStore::new()),
+    )
+    .err()
+    .expect("start fails");
+    assert!(
+        err.to_string().starts_with("/nonexistent/plugins: "),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost of a hook call
+// ---------------------------------------------------------------------------------------------
+
+/// The cost of one hook call including marshalling, as median and p99.
+///
+/// `cargo test --release -p relay policy::tests::hook_call_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: run with --release --ignored --nocapture"]
+fn hook_call_cost() {
+    let dir = dir_with(&["bench"]);
+    let policy = start(settings(dir.path()));
+    let set = policy.snapshot();
+    let input = rcpt("bob@example.net");
+    let data_input = data("sender@example.test");
+    let measure = |label: &str, f: &dyn Fn()| {
+        for _ in 0..20_000 {
+            f();
+        }
+        let mut samples: Vec<Duration> = (0..200_000)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed()
+            })
+            .collect();
+        samples.sort();
+        let median = samples[samples.len() / 2];
+        let p99 = samples[samples.len() * 99 / 100];
+        eprintln!(
+            "{label}: median {median:?}, p99 {p99:?} ({} calls)",
+            samples.len()
+        );
+        median
+    };
+    let rcpt_median = measure("on_rcpt (no opinion)", &|| {
+        assert_eq!(set.on_rcpt(&input), RcptVerdict::NoOpinion);
+    });
+    measure("on_data (no opinion)", &|| {
+        set.on_data(&data_input);
+    });
+    assert!(rcpt_median < Duration::from_micros(50), "{rcpt_median:?}");
+}
