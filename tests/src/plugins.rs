@@ -3,6 +3,28 @@
 
 use std::path::{Path, PathBuf};
 
+/// The build output directory the tests run from (`CARGO_TARGET_DIR`, else derived from the
+/// test executable's path).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // <target>/debug/deps/e2e-xxxx -> <target>
+            let exe = std::env::current_exe().unwrap_or_default();
+            exe.ancestors()
+                .nth(3)
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// A compiled-plugin cache shared by the test relays and kept between runs (beside the build
+/// output), so tests do not recompile the same plugins again and again.
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("relay-tests-plugin-cache")
+}
+
 /// The `.wasm` component of plugin crate `crate_name` (e.g. "content-policy"), built by
 /// `make plugins` into `<target>/wasm32-wasip2/release/`.
 pub fn wasm(crate_name: &str) -> PathBuf {

@@ -229,12 +229,12 @@ pub(super) fn one_line(text: &str, max: usize) -> String {
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
         self.call.log_lines = self.call.log_lines.saturating_add(1);
-        let plugin = self.ctx.name.as_str();
+        let plugin = &self.ctx.name;
         if self.call.log_lines > MAX_LOG_LINES_PER_CALL {
             if self.call.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
                 tracing::warn!(
                     event = "plugin_log_dropped",
-                    plugin,
+                    plugin = %plugin,
                     "more than {MAX_LOG_LINES_PER_CALL} log lines in one call; dropping the rest"
                 );
             }
@@ -242,12 +242,20 @@ impl host::Host for HostState {
         }
         let message = one_line(&message, MAX_LOG_BYTES);
         match level {
-            host::Level::Trace => tracing::trace!(event = "plugin_log", plugin, "{message}"),
-            host::Level::Debug => tracing::debug!(event = "plugin_log", plugin, "{message}"),
-            host::Level::Info => tracing::info!(event = "plugin_log", plugin, "{message}"),
-            host::Level::Warn => tracing::warn!(event = "plugin_log", plugin, "{message}"),
+            host::Level::Trace => {
+                tracing::trace!(event = "plugin_log", plugin = %plugin, "{message}")
+            }
+            host::Level::Debug => {
+                tracing::debug!(event = "plugin_log", plugin = %plugin, "{message}")
+            }
+            host::Level::Info => {
+                tracing::info!(event = "plugin_log", plugin = %plugin, "{message}")
+            }
+            host::Level::Warn => {
+                tracing::warn!(event = "plugin_log", plugin = %plugin, "{message}")
+            }
             host::Level::Error => {
-                tracing::error!(event = "plugin_log", plugin, "{message}");
+                tracing::error!(event = "plugin_log", plugin = %plugin, "{message}");
                 self.call.last_error = Some(message);
             }
         }

@@ -514,7 +514,6 @@ impl LoadedPlugin {
             hook,
             kind = fault.kind.as_str(),
             message = %fault.message,
-            "plugin fault; the call got the hook's fallback"
         );
         let max = self.runtime.options.max_faults as usize;
         if max == 0 {

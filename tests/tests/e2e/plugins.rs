@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use relay_tests::config::toml_str;
 use relay_tests::plugins;
 use relay_tests::{
-    field, message, new_message_id, run_relay, DnsServer, Net, RelayConfig, RelayProcess, Sink,
-    SinkGroup, SmtpClient, Zone, WAIT,
+    field, message, new_message_id, relay::run_relay, DnsServer, Net, RelayConfig, RelayProcess,
+    Sink, SinkGroup, SmtpClient, Zone, WAIT,
 };
 
 /// A relay routing every domain to `sink`, loading plugins from `dir`, with extra TOML.
@@ -22,7 +22,7 @@ async fn relay_with_plugins(sink: &Sink, dns: &DnsServer, dir: &Path, extra: &st
         .set(
             "plugins",
             "cache_dir",
-            &toml_str(&dir.join("../plugin-cache").display().to_string()),
+            &toml_str(&plugins::cache_dir().display().to_string()),
         )
         .raw(extra);
     RelayProcess::start(&config.to_toml()).await
@@ -61,7 +61,7 @@ async fn content_policy_rejects_blocked_attachments_and_missing_headers_and_tags
     )
     .await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "content-policy")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "content-policy")], WAIT)
         .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
 
@@ -118,7 +118,7 @@ async fn rate_limit_tempfails_a_sender_domain_over_its_limit() {
     )
     .await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "rate-limit")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "rate-limit")], WAIT)
         .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     for n in 0..3 {
@@ -173,15 +173,15 @@ async fn suppression_refuses_a_recipient_after_it_hard_bounced() {
         .set(
             "plugins",
             "cache_dir",
-            &toml_str(&dir.path().join("../plugin-cache").display().to_string()),
+            &toml_str(&plugins::cache_dir().display().to_string()),
         );
     let relay = RelayProcess::start(&config.to_toml()).await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "suppression")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "suppression")], WAIT)
         .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     let id = c
-        .send_mail("<>", &["gone@dest.test"], &body("first", "", "x"))
+        .send_mail("", &["gone@dest.test"], &body("first", "", "x"))
         .await
         .expect("accepted the first time");
     let bounced = relay
@@ -227,7 +227,7 @@ async fn ip_pools_choose_ip_makes_the_mx_see_the_chosen_source_address() {
     );
     let relay = relay_with_plugins(&sink, &dns, dir.path(), &extra).await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "ip-pools")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "ip-pools")], WAIT)
         .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.send_mail("promo@news.test", &["b@rcpt.test"], &body("bulk", "", "x"))
@@ -263,9 +263,9 @@ async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
     let dns = DnsServer::start(Zone::new()).await;
     let dir = tempfile::tempdir().expect("dir");
     plugins::install("bad-plugin", dir.path(), "bad-plugin");
-    let relay = relay_with_plugins(&sink, &dns, dir.path(), "[plugins]\n").await;
+    let relay = relay_with_plugins(&sink, &dns, dir.path(), "").await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "bad-plugin")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "bad-plugin")], WAIT)
         .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
@@ -309,9 +309,9 @@ async fn plugin_that_keeps_faulting_is_quarantined_until_its_file_is_replaced() 
     let dns = DnsServer::start(Zone::new()).await;
     let dir = tempfile::tempdir().expect("dir");
     plugins::install("bad-plugin", dir.path(), "bad-plugin");
-    let relay = relay_with_plugins(&sink, &dns, dir.path(), "[plugins]\n").await;
+    let relay = relay_with_plugins(&sink, &dns, dir.path(), "").await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "bad-plugin")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "bad-plugin")], WAIT)
         .await;
     // The test config allows the default 5 faults per minute.
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
@@ -341,7 +341,7 @@ async fn plugin_that_keeps_faulting_is_quarantined_until_its_file_is_replaced() 
     relay
         .wait_for_log_since(
             mark,
-            |l| relay_tests::is_event(l, "plugin_loaded", &[("name", "bad-plugin")]),
+            |l| relay_tests::is_event(l, "plugin_loaded", &[("plugin", "bad-plugin")]),
             WAIT,
         )
         .await;
@@ -447,7 +447,7 @@ async fn a_broken_replacement_is_refused_and_the_previous_version_stays_active()
     )
     .await;
     relay
-        .wait_for_event("plugin_loaded", &[("name", "content-policy")], WAIT)
+        .wait_for_event("plugin_loaded", &[("plugin", "content-policy")], WAIT)
         .await;
     let mark = relay.log_mark();
     std::fs::write(dir.path().join(".t"), b"this is not wasm").expect("write");
