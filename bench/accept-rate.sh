@@ -124,6 +124,17 @@ format = "json"
 # Warnings, plus the serve module's info lines, of which we need "listening".
 level = "warn,relay::serve=info"
 EOF
+    # EXTRA_CONFIG: a TOML file appended to the relay config (bench/plugins.toml loads the
+    # four shipped plugins; @PLUGIN_DIR@ and @CACHE_DIR@ are filled in).
+    if [[ -n "${EXTRA_CONFIG:-}" ]]; then
+        sed -e "s|@PLUGIN_DIR@|$dir/plugins|" -e "s|@CACHE_DIR@|${PLUGIN_CACHE:-$dir/plugin-cache}|" \
+            "$EXTRA_CONFIG" >>"$dir/relay.toml"
+        mkdir -p "$dir/plugins"
+        local wasm_dir=${CARGO_TARGET_DIR:-$HOME/.cache/relay-target}/wasm32-wasip2/release
+        for p in rate-limit ip-pools suppression content-policy; do
+            cp "$wasm_dir/${p//-/_}.wasm" "$dir/plugins/$p.wasm"
+        done
+    fi
     "$RELAY" serve --config "$dir/relay.toml" >/dev/null 2>"$dir/relay.log" &
     RELAY_PID=$!
     PIDS+=("$RELAY_PID")

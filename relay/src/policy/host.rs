@@ -31,6 +31,8 @@ const MAX_VALUE_BYTES: usize = 256 << 10;
 const MAX_LOG_BYTES: usize = 2048;
 /// Log lines per hook call; more are dropped (a plugin cannot flood the log).
 const MAX_LOG_LINES_PER_CALL: u32 = 64;
+/// WASI resources an instance may hold at once.
+const MAX_WASI_RESOURCES: usize = 1024;
 /// Table elements per table (what the pooling allocator allows too).
 pub(super) const MAX_TABLE_ELEMENTS: usize = 20_000;
 
@@ -75,9 +77,13 @@ impl HostState {
             .allow_ip_name_lookup(false)
             .max_random_size(64 << 10)
             .build();
+        // A plugin needs a handful of WASI resources (stdio streams); the cap stops a guest
+        // from filling host memory with, say, clock pollables.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_WASI_RESOURCES);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limits: Limits::new(memory_limit),
             ctx,
             call: CallState::default(),

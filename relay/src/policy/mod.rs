@@ -284,14 +284,14 @@ impl Policy {
         settings: PolicySettings,
         state: Arc<dyn StateStore>,
     ) -> Result<Policy, PolicyError> {
-        let runtime = runtime::Runtime::new(runtime::RuntimeOptions::serving(&settings), state)?;
-        let mut loader = watch::Loader::new(Arc::new(runtime), settings.clone());
         if let Err(source) = std::fs::read_dir(&settings.dir) {
             return Err(PolicyError::Io {
                 path: settings.dir.clone(),
                 source,
             });
         }
+        let runtime = runtime::Runtime::new(runtime::RuntimeOptions::serving(&settings), state)?;
+        let mut loader = watch::Loader::new(Arc::new(runtime), settings.clone());
         loader.scan();
         let set = loader.build_set();
         tracing::info!(

@@ -25,6 +25,8 @@ const TICK: Duration = Duration::from_millis(1);
 const POOL_INSTANCES: u32 = 256;
 /// Most bytes a guest may pass to the host in one host call (wasmtime's default: 128 MiB).
 const HOSTCALL_FUEL: usize = 1 << 20;
+/// Live component-model handles per Store (wasmtime's default: 100,000).
+const MAX_COMPONENT_HANDLES: usize = 4096;
 /// How long a call waits for a free instance slot before it takes its fallback.
 const POOL_WAIT: Duration = Duration::from_secs(1);
 
@@ -118,6 +120,10 @@ impl Runtime {
                 .total_tables(POOL_INSTANCES * 8)
                 .table_elements(host::MAX_TABLE_ELEMENTS)
                 .max_memory_size(max_memory);
+            // Each pool slot reserves this much address space (plus a guard). wasmtime's 4 GiB
+            // default lets compiled code skip bounds checks but reserves about 1 TiB for the
+            // pool; a slot the size of the memory limit costs a few bounds checks instead.
+            config.memory_reservation(max_memory as u64);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             POOL_INSTANCES as usize
         } else {
@@ -171,6 +177,7 @@ impl Runtime {
         let mut store = Store::new(&self.engine, HostState::new(ctx, self.options.memory_limit));
         store.limiter(|state| &mut state.limits);
         store.set_hostcall_fuel(HOSTCALL_FUEL);
+        store.set_max_component_handles(MAX_COMPONENT_HANDLES);
         store.set_epoch_deadline(self.epoch_ticks);
         store
     }

@@ -16,7 +16,18 @@ use relay_tests::{
 
 /// A relay routing every domain to `sink`, loading plugins from `dir`, with extra TOML.
 async fn relay_with_plugins(sink: &Sink, dns: &DnsServer, dir: &Path, extra: &str) -> RelayProcess {
-    let config = RelayConfig::new(dns.addr(), 9)
+    relay_with_plugins_tuned(sink, dns, dir, extra, |c| c).await
+}
+
+/// Like [`relay_with_plugins`], with `tune` applied to the config.
+async fn relay_with_plugins_tuned(
+    sink: &Sink,
+    dns: &DnsServer,
+    dir: &Path,
+    extra: &str,
+    tune: impl FnOnce(RelayConfig) -> RelayConfig,
+) -> RelayProcess {
+    let config = tune(RelayConfig::new(dns.addr(), 9))
         .route("*", &sink.addr().to_string())
         .set("plugins", "dir", &toml_str(&dir.display().to_string()))
         .set(
@@ -263,7 +274,11 @@ async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
     let dns = DnsServer::start(Zone::new()).await;
     let dir = tempfile::tempdir().expect("dir");
     plugins::install("bad-plugin", dir.path(), "bad-plugin");
-    let relay = relay_with_plugins(&sink, &dns, dir.path(), "").await;
+    // A small cap, so the memory bomb meets it well within the time budget.
+    let relay = relay_with_plugins_tuned(&sink, &dns, dir.path(), "", |c| {
+        c.set("plugins", "memory_limit", "4194304")
+    })
+    .await;
     relay
         .wait_for_event("plugin_loaded", &[("plugin", "bad-plugin")], WAIT)
         .await;
@@ -294,6 +309,8 @@ async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
     }
     let ok = c.command("RCPT TO:<fine@rcpt.test>").await.expect("rcpt");
     assert_eq!(ok.code, 250);
+    let go = c.command("DATA").await.expect("data");
+    assert_eq!(go.code, 354, "{go}");
     let reply = c
         .data_body(&body("after faults", "", "x"))
         .await
