@@ -277,6 +277,7 @@ async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
     // A small cap, so the memory bomb meets it well within the time budget.
     let relay = relay_with_plugins_tuned(&sink, &dns, dir.path(), "", |c| {
         c.set("plugins", "memory_limit", "4194304")
+            .set("plugins", "time_budget", "\"250ms\"")
     })
     .await;
     relay
