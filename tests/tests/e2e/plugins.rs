@@ -39,6 +39,41 @@ async fn relay_with_plugins_tuned(
     RelayProcess::start(&config.to_toml()).await
 }
 
+/// A sink, a DNS server, a plugin directory holding one shipped plugin, and a relay that
+/// routes every domain to the sink and has loaded that plugin.
+struct PluginWorld {
+    sink: Sink,
+    _dns: DnsServer,
+    dir: tempfile::TempDir,
+    relay: RelayProcess,
+}
+
+impl PluginWorld {
+    /// Installs plugin crate `name` (as `name.wasm`), starts the relay with `extra` TOML and
+    /// `tune` applied, and waits until the plugin is loaded.
+    async fn start(
+        name: &str,
+        extra: &str,
+        tune: impl FnOnce(RelayConfig) -> RelayConfig,
+    ) -> PluginWorld {
+        let net = Net::unique();
+        let sink = Sink::start(net.ip(1)).await;
+        let dns = DnsServer::start(Zone::new()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        plugins::install(name, dir.path(), name);
+        let relay = relay_with_plugins_tuned(&sink, &dns, dir.path(), extra, tune).await;
+        relay
+            .wait_for_event("plugin_loaded", &[("plugin", name)], WAIT)
+            .await;
+        PluginWorld {
+            sink,
+            _dns: dns,
+            dir,
+            relay,
+        }
+    }
+}
+
 fn body(subject: &str, extra_headers: &str, text: &str) -> Vec<u8> {
     let mut m = message(
         "a@sender.test",
@@ -59,21 +94,17 @@ fn code_of(err: &relay_tests::client::SendError) -> (u16, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_policy_rejects_blocked_attachments_and_missing_headers_and_tags_campaigns() {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    plugins::install("content-policy", dir.path(), "content-policy");
-    let relay = relay_with_plugins(
-        &sink,
-        &dns,
-        dir.path(),
+    let PluginWorld {
+        sink,
+        relay,
+        dir: _dir,
+        _dns,
+    } = PluginWorld::start(
+        "content-policy",
         "[plugins.content-policy]\nadd_header = \"X-Content-Policy: checked\"\n",
+        |c| c,
     )
     .await;
-    relay
-        .wait_for_event("plugin_loaded", &[("plugin", "content-policy")], WAIT)
-        .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
 
     let exe = b"From: a@sender.test\r\nTo: b@rcpt.test\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
@@ -116,21 +147,17 @@ Subject: invoice\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_tempfails_a_sender_domain_over_its_limit() {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    plugins::install("rate-limit", dir.path(), "rate-limit");
-    let relay = relay_with_plugins(
-        &sink,
-        &dns,
-        dir.path(),
+    let PluginWorld {
+        sink,
+        relay,
+        dir: _dir,
+        _dns,
+    } = PluginWorld::start(
+        "rate-limit",
         "[plugins.rate-limit]\nper_sender_domain = \"3/1h\"\n",
+        |c| c,
     )
     .await;
-    relay
-        .wait_for_event("plugin_loaded", &[("plugin", "rate-limit")], WAIT)
-        .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     for n in 0..3 {
         c.send_mail(
@@ -269,20 +296,17 @@ async fn ip_pools_choose_ip_makes_the_mx_see_the_chosen_source_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    plugins::install("bad-plugin", dir.path(), "bad-plugin");
     // A small cap, so the memory bomb meets it well within the time budget.
-    let relay = relay_with_plugins_tuned(&sink, &dns, dir.path(), "", |c| {
+    let PluginWorld {
+        sink,
+        relay,
+        dir: _dir,
+        _dns,
+    } = PluginWorld::start("bad-plugin", "", |c| {
         c.set("plugins", "memory_limit", "4194304")
             .set("plugins", "time_budget", "\"250ms\"")
     })
     .await;
-    relay
-        .wait_for_event("plugin_loaded", &[("plugin", "bad-plugin")], WAIT)
-        .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
     c.command("MAIL FROM:<a@sender.test>").await.expect("mail");
@@ -322,15 +346,12 @@ async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_that_keeps_faulting_is_quarantined_until_its_file_is_replaced() {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    plugins::install("bad-plugin", dir.path(), "bad-plugin");
-    let relay = relay_with_plugins(&sink, &dns, dir.path(), "").await;
-    relay
-        .wait_for_event("plugin_loaded", &[("plugin", "bad-plugin")], WAIT)
-        .await;
+    let PluginWorld {
+        sink: _sink,
+        relay,
+        dir,
+        _dns,
+    } = PluginWorld::start("bad-plugin", "", |c| c).await;
     // The test config allows the default 5 faults per minute.
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
@@ -467,21 +488,17 @@ async fn plugin_dropped_in_under_load_takes_effect_within_a_second_without_faile
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_replacement_is_refused_and_the_previous_version_stays_active() {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let dir = tempfile::tempdir().expect("dir");
-    plugins::install("content-policy", dir.path(), "content-policy");
-    let relay = relay_with_plugins(
-        &sink,
-        &dns,
-        dir.path(),
+    let PluginWorld {
+        sink,
+        relay,
+        dir,
+        _dns,
+    } = PluginWorld::start(
+        "content-policy",
         "[plugins.content-policy]\nadd_header = \"X-Content-Policy: checked\"\n",
+        |c| c,
     )
     .await;
-    relay
-        .wait_for_event("plugin_loaded", &[("plugin", "content-policy")], WAIT)
-        .await;
     let mark = relay.log_mark();
     std::fs::write(dir.path().join(".t"), b"this is not wasm").expect("write");
     std::fs::rename(
