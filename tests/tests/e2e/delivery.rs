@@ -391,29 +391,11 @@ async fn utf8_address_and_8bit_body_are_delivered_with_smtputf8_and_8bitmime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mx_answer_is_cached_within_its_ttl() {
-    let net = Net::unique();
-    let group = SinkGroup::start(vec![(net.ip(1), Sink::builder())], &[]).await;
-    let dns = DnsServer::start(
-        Zone::new()
-            .ttl(300)
-            .mx("cache.test", 10, "mx.cache.test")
-            .a("mx.cache.test", net.ip(1)),
-    )
-    .await;
-    let relay = RelayProcess::start(&RelayConfig::new(dns.addr(), group.port).to_toml()).await;
+    let (group, dns, relay) =
+        single_mx_world_with_ttl("cache.test", 300, Sink::builder(), |c| c).await;
     let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
     for i in 1..=2 {
-        let body = message(
-            "s@client.test",
-            &["r@cache.test"],
-            &format!("cache {i}"),
-            &new_message_id(),
-            "x",
-        );
-        client
-            .send_mail("s@client.test", &["r@cache.test"], &body)
-            .await
-            .expect("accepted");
+        send_numbered(&mut client, "r@cache.test", i).await;
         group.sinks[0].wait_for(i, WAIT).await;
     }
     assert_eq!(
@@ -432,29 +414,11 @@ async fn mx_answer_is_cached_within_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mx_is_asked_again_after_its_ttl_expired() {
-    let net = Net::unique();
-    let group = SinkGroup::start(vec![(net.ip(1), Sink::builder())], &[]).await;
-    let dns = DnsServer::start(
-        Zone::new()
-            .ttl(1)
-            .mx("short.test", 10, "mx.short.test")
-            .a("mx.short.test", net.ip(1)),
-    )
-    .await;
-    let relay = RelayProcess::start(&RelayConfig::new(dns.addr(), group.port).to_toml()).await;
+    let (group, dns, relay) =
+        single_mx_world_with_ttl("short.test", 1, Sink::builder(), |c| c).await;
     let mut client = SmtpClient::connect(relay.addr()).await.expect("connect");
     for i in 1..=2 {
-        let body = message(
-            "s@client.test",
-            &["r@short.test"],
-            &format!("ttl {i}"),
-            &new_message_id(),
-            "x",
-        );
-        client
-            .send_mail("s@client.test", &["r@short.test"], &body)
-            .await
-            .expect("accepted");
+        send_numbered(&mut client, "r@short.test", i).await;
         group.sinks[0].wait_for(i, WAIT).await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
@@ -473,10 +437,20 @@ async fn single_mx_world(
     sink: SinkBuilder,
     tune: impl FnOnce(RelayConfig) -> RelayConfig,
 ) -> (SinkGroup, DnsServer, RelayProcess) {
+    single_mx_world_with_ttl(domain, 300, sink, tune).await
+}
+
+/// Like [`single_mx_world`], with the DNS records' TTL in seconds.
+async fn single_mx_world_with_ttl(
+    domain: &str,
+    ttl: u32,
+    sink: SinkBuilder,
+    tune: impl FnOnce(RelayConfig) -> RelayConfig,
+) -> (SinkGroup, DnsServer, RelayProcess) {
     let net = Net::unique();
     let group = SinkGroup::start(vec![(net.ip(1), sink)], &[]).await;
     let mx = format!("mx.{domain}");
-    let dns = DnsServer::start(Zone::new().mx(domain, 10, &mx).a(&mx, net.ip(1))).await;
+    let dns = DnsServer::start(Zone::new().ttl(ttl).mx(domain, 10, &mx).a(&mx, net.ip(1))).await;
     let relay =
         RelayProcess::start(&tune(RelayConfig::new(dns.addr(), group.port)).to_toml()).await;
     (group, dns, relay)
