@@ -516,12 +516,17 @@ impl Delivery {
             self.0.sources.pick(&choice)
         };
         let source_ip = source.as_ref().map(|s| s.ip);
+        // Only a source with its own EHLO name needs settings of its own.
+        let own_settings;
         let settings = match &source {
-            Some(s) if s.ehlo != self.0.settings.client.helo_name => ClientSettings {
-                helo_name: s.ehlo.clone(),
-                ..self.0.settings.client.clone()
-            },
-            _ => self.0.settings.client.clone(),
+            Some(s) if s.ehlo != self.0.settings.client.helo_name => {
+                own_settings = ClientSettings {
+                    helo_name: s.ehlo.clone(),
+                    ..self.0.settings.client.clone()
+                };
+                &own_settings
+            }
+            _ => &self.0.settings.client,
         };
         // Connections are pooled per destination and source address.
         let key = match source_ip {
@@ -556,7 +561,7 @@ impl Delivery {
             if source_ip.is_some_and(|ip| ip.is_ipv4() != addr.is_ipv4()) {
                 continue;
             }
-            match Connection::open(*addr, source_ip, &settings).await {
+            match Connection::open(*addr, source_ip, settings).await {
                 Ok(mut conn) => {
                     let mx = format!("{host}[{}]", addr.ip());
                     return match conn.send(&from, &addrs, &body, eight_bit, smtputf8).await {

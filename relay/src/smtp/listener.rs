@@ -82,13 +82,13 @@ where
                 }
             }
             Step::CheckMail(request) => {
-                let helo = session.helo().unwrap_or_default().to_string();
-                let resolution = handler.check_mail(&request, &helo).await;
+                let helo = session.helo().unwrap_or_default();
+                let resolution = handler.check_mail(&request, helo).await;
                 session.resolve(resolution, &mut out);
             }
             Step::CheckRcpt(request) => {
-                let helo = session.helo().unwrap_or_default().to_string();
-                let resolution = handler.check_rcpt(&request, &helo).await;
+                let helo = session.helo().unwrap_or_default();
+                let resolution = handler.check_rcpt(&request, helo).await;
                 session.resolve(resolution, &mut out);
             }
             Step::Message(message) => {
