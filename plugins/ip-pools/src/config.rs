@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use plugin_sdk::config::normalize_domain;
 use serde::Deserialize;
 
 use crate::calendar::UtcDay;
@@ -238,11 +239,6 @@ fn pool_name(name: String, key: &str) -> Result<String, ConfigError> {
     Ok(name)
 }
 
-/// Domains compare without case and without a trailing root dot.
-fn normalize_domain(domain: &str) -> String {
-    domain.trim().trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// An IP in its canonical text (so `2001:DB8::0:1` and `2001:db8::1` are one key), or a
 /// source name as is.
 pub(crate) fn canonical_source_key(entry: &str) -> String {
@@ -353,6 +349,15 @@ mod tests {
             config.pool_for(&[], "a@sub.news.example"),
             None,
             "no subdomain match"
+        );
+        let json = r#"{"sender_domains": {"ÄRGER.example": "bulk"}}"#;
+        let config = Config::parse(json).expect("valid");
+        assert_eq!(
+            config
+                .pool_for(&[], "a@ärger.example")
+                .map(|(pool, _)| pool),
+            Some("bulk"),
+            "internationalised domains compare without case too, as in rate-limit"
         );
     }
 

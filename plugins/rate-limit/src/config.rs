@@ -2,13 +2,19 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-use thiserror::Error;
-
-use crate::rate::{Rate, RateError};
+use plugin_sdk::config::{normalize_domain, ConfigError, ConfigTable, ConfigValue, Problems, Rate};
 
 /// The keys the table may hold, for the unknown-key message.
-const KNOWN_KEYS: &str = "per_user, per_sender_domain, per_client_ip, sender_domains, ipv6_prefix";
+const KNOWN_KEYS: &[&str] = &[
+    "per_user",
+    "per_sender_domain",
+    "per_client_ip",
+    "sender_domains",
+    "ipv6_prefix",
+];
+
+/// What happens when a rate key is bad.
+const LIMIT_OFF: &str = "this limit is off";
 
 /// The limits the plugin enforces, parsed from its config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,162 +70,51 @@ impl Limits {
     /// domain falls back to `per_sender_domain`).
     pub fn from_json(text: &str) -> (Limits, Vec<ConfigError>) {
         let mut limits = Limits::default();
-        let mut errors = Vec::new();
-        let table = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(table)) => table,
-            Ok(other) => {
-                errors.push(ConfigError::NotATable {
-                    found: kind_of(&other),
-                });
-                return (limits, errors);
-            }
-            Err(err) => {
-                errors.push(ConfigError::Json(err.to_string()));
-                return (limits, errors);
-            }
+        let mut problems = Problems::default();
+        let Some(table) = problems.check(ConfigTable::parse(text), "no limits apply") else {
+            return (limits, problems.into_vec());
         };
-        for (key, value) in &table {
-            let result = match key.as_str() {
-                "per_user" => rate_value(key, value).map(|rate| limits.per_user = Some(rate)),
-                "per_sender_domain" => {
-                    rate_value(key, value).map(|rate| limits.per_sender_domain = Some(rate))
-                }
-                "per_client_ip" => {
-                    rate_value(key, value).map(|rate| limits.per_client_ip = Some(rate))
-                }
-                "sender_domains" => {
-                    limits.sender_domains = domain_overrides(value, &mut errors);
-                    Ok(())
-                }
-                "ipv6_prefix" => ipv6_prefix(value).map(|prefix| limits.ipv6_prefix = prefix),
-                _ => Err(ConfigError::UnknownKey { key: key.clone() }),
-            };
-            if let Err(err) = result {
-                errors.push(err);
-            }
+        let mut rate = |key| {
+            let rate = table.read(key, ConfigValue::as_rate);
+            problems.check(rate, LIMIT_OFF).flatten()
+        };
+        limits.per_user = rate("per_user");
+        limits.per_sender_domain = rate("per_sender_domain");
+        limits.per_client_ip = rate("per_client_ip");
+        if let Some(value) = table.get("sender_domains") {
+            limits.sender_domains = domain_overrides(&value, &mut problems);
         }
-        (limits, errors)
+        let prefix = table.read("ipv6_prefix", |value| value.as_integer(1..=128));
+        if let Some(prefix) = problems.check(prefix, "counting per address").flatten() {
+            limits.ipv6_prefix = prefix;
+        }
+        problems.extend(table.unknown_keys(KNOWN_KEYS), "ignored");
+        (limits, problems.into_vec())
     }
-}
-
-/// A rate given as a string, e.g. `"100/1h"`.
-fn rate_value(key: &str, value: &Value) -> Result<Rate, ConfigError> {
-    let text = value.as_str().ok_or_else(|| ConfigError::NotARate {
-        key: key.to_owned(),
-        found: kind_of(value),
-    })?;
-    text.parse().map_err(|problem| ConfigError::Rate {
-        key: key.to_owned(),
-        problem,
-    })
 }
 
 /// The `sender_domains` table; bad entries are reported and left out.
-fn domain_overrides(value: &Value, errors: &mut Vec<ConfigError>) -> BTreeMap<String, DomainLimit> {
+fn domain_overrides(
+    value: &ConfigValue<'_>,
+    problems: &mut Problems,
+) -> BTreeMap<String, DomainLimit> {
     let mut overrides = BTreeMap::new();
-    let Some(table) = value.as_object() else {
-        errors.push(ConfigError::DomainsNotATable {
-            found: kind_of(value),
-        });
+    let expected = "a table of domain = \"count/window\"";
+    let table = value.as_table().map_err(|_| value.expected(expected));
+    let Some(table) = problems.check(table, "no overrides apply") else {
         return overrides;
     };
-    for (domain, value) in table {
-        let key = format!("sender_domains.{domain:?}");
-        let limit = if value
-            .as_str()
-            .is_some_and(|text| text.trim() == "unlimited")
-        {
+    for (domain, value) in table.entries() {
+        let limit = if value.as_str().is_ok_and(|text| text.trim() == "unlimited") {
             Ok(DomainLimit::Unlimited)
         } else {
-            rate_value(&key, value).map(DomainLimit::Rate)
+            value.as_rate().map(DomainLimit::Rate)
         };
-        match limit {
-            Ok(limit) => {
-                overrides.insert(normalize_domain(domain), limit);
-            }
-            Err(err) => errors.push(err),
+        if let Some(limit) = problems.check(limit, "using per_sender_domain") {
+            overrides.insert(normalize_domain(domain), limit);
         }
     }
     overrides
-}
-
-fn ipv6_prefix(value: &Value) -> Result<u8, ConfigError> {
-    value
-        .as_u64()
-        .and_then(|prefix| u8::try_from(prefix).ok())
-        .filter(|prefix| (1..=128).contains(prefix))
-        .ok_or_else(|| ConfigError::Ipv6Prefix {
-            found: value.to_string(),
-        })
-}
-
-/// A domain as the plugin compares it: lower case, without a trailing dot.
-pub fn normalize_domain(domain: &str) -> String {
-    domain.trim().trim_end_matches('.').to_lowercase()
-}
-
-/// How a JSON value is named in messages.
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "nothing",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a table",
-    }
-}
-
-/// A problem in the plugin's config table; the message names the key and what happens now.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ConfigError {
-    /// The relay handed over text that is not JSON (a relay bug, but never a trap).
-    #[error("the config is not valid JSON ({0}); no limits apply")]
-    Json(String),
-    /// The config is JSON but not a table.
-    #[error("the config is {found}, not a table; no limits apply")]
-    NotATable {
-        /// What it is instead.
-        found: &'static str,
-    },
-    /// A rate key holds something other than a string.
-    #[error("{key}: expected a rate such as \"100/1h\", found {found}; this limit is off")]
-    NotARate {
-        /// The key, e.g. `per_user` or `sender_domains."bulk.example"`.
-        key: String,
-        /// What it holds instead.
-        found: &'static str,
-    },
-    /// A rate key holds a string that is not a rate.
-    #[error("{key}: {problem}; this limit is off")]
-    Rate {
-        /// The key, e.g. `per_user` or `sender_domains."bulk.example"`.
-        key: String,
-        /// What is wrong with the rate.
-        problem: RateError,
-    },
-    /// `sender_domains` is not a table.
-    #[error(
-        "sender_domains: expected a table of domain = \"count/window\", found {found}; no overrides apply"
-    )]
-    DomainsNotATable {
-        /// What it is instead.
-        found: &'static str,
-    },
-    /// `ipv6_prefix` is not a prefix length.
-    #[error(
-        "ipv6_prefix: expected a whole number from 1 to 128, found {found}; counting per address"
-    )]
-    Ipv6Prefix {
-        /// The value as JSON.
-        found: String,
-    },
-    /// A key the plugin does not know, probably a typo.
-    #[error("unknown key {key:?} (known: {KNOWN_KEYS}); ignored")]
-    UnknownKey {
-        /// The key.
-        key: String,
-    },
 }
 
 #[cfg(test)]
@@ -227,10 +122,8 @@ mod tests {
     use super::*;
 
     fn rate(text: &str) -> Rate {
-        match text.parse() {
-            Ok(rate) => rate,
-            Err(err) => panic!("{text:?} should parse: {err}"),
-        }
+        text.parse()
+            .unwrap_or_else(|err| panic!("{text:?} should parse: {err}"))
     }
 
     #[test]
@@ -278,13 +171,27 @@ mod tests {
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(messages.len(), 5, "{messages:#?}");
         let mentions = |needle: &str| messages.iter().any(|m| m.contains(needle));
-        assert!(mentions("per_user: \"100/1w\""), "{messages:#?}");
+        assert!(
+            mentions(
+                r#"per_user: "100/1w": "1w" is not a duration (e.g. "30s", "5m", "4h", "30d"); this limit is off"#
+            ),
+            "{messages:#?}"
+        );
         assert!(mentions(
             "per_client_ip: expected a rate such as \"100/1h\", found a number"
         ));
-        assert!(mentions("sender_domains.\"bad.example\""), "{messages:#?}");
+        assert!(
+            mentions("sender_domains.\"bad.example\": \"lots\" is not a rate"),
+            "{messages:#?}"
+        );
+        assert!(mentions("; using per_sender_domain"), "{messages:#?}");
         assert!(mentions("unknown key \"per_ip\""), "{messages:#?}");
-        assert!(mentions("ipv6_prefix"), "{messages:#?}");
+        assert!(
+            mentions(
+                "ipv6_prefix: expected a whole number from 1 to 128, found 200; counting per address"
+            ),
+            "{messages:#?}"
+        );
     }
 
     #[test]

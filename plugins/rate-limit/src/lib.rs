@@ -10,15 +10,14 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod rate;
 
 use std::cell::OnceCell;
 use std::net::IpAddr;
 
+use plugin_sdk::config::{normalize_domain, Rate};
 use plugin_sdk::prelude::*;
 
-use crate::config::{normalize_domain, Limits};
-use crate::rate::Rate;
+use crate::config::Limits;
 
 /// The longest subject (user, domain, IP) quoted in a reply, in bytes: the whole text must
 /// stay under the 400 bytes the relay keeps of a plugin's reply text.
@@ -33,13 +32,8 @@ pub struct RateLimit {
 impl RateLimit {
     /// The parsed config; problems are logged once per instance, and each bad limit is off.
     fn limits(&self) -> &Limits {
-        self.limits.get_or_init(|| {
-            let (limits, errors) = Limits::from_json(&host::config());
-            for err in errors {
-                host::log_error(&format!("config: {err}"));
-            }
-            limits
-        })
+        self.limits
+            .get_or_init(|| plugin_sdk::config::load(Limits::from_json))
     }
 }
 
@@ -57,7 +51,7 @@ impl Plugin for RateLimit {
         for check in checks(self.limits(), input) {
             let result = host::throttle(
                 &check.key(),
-                check.rate.limit(),
+                check.rate.count(),
                 check.rate.window().as_ms(),
             );
             if !result.allowed {
@@ -123,10 +117,11 @@ impl Check {
     fn refusal(&self, retry_after_ms: u64) -> String {
         let seconds = retry_after_ms.div_ceil(1000).max(1);
         format!(
-            "Rate limit exceeded for {} {} ({}); try again in {seconds} s",
+            "Rate limit exceeded for {} {} ({} per {}); try again in {seconds} s",
             self.scope.label(),
             printable(&self.subject),
-            self.rate
+            self.rate.count(),
+            self.rate.window()
         )
     }
 }

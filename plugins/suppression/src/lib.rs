@@ -42,13 +42,8 @@ impl Suppression {
     /// The parsed config; problems are logged once per instance, and each bad setting keeps
     /// its default.
     fn config(&self) -> &Config {
-        self.config.get_or_init(|| {
-            let (config, errors) = Config::from_json(&host::config());
-            for err in errors {
-                host::log_error(&format!("config: {err}"));
-            }
-            config
-        })
+        self.config
+            .get_or_init(|| plugin_sdk::config::load(Config::from_json))
     }
 
     /// True when this failure puts the recipient on the list: a permanent failure answered by

@@ -227,7 +227,7 @@ impl Spool {
             ColumnFamilyDescriptor::new(CF_QUEUE, Options::default()),
             ColumnFamilyDescriptor::new(CF_SCHEDULE, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
-            ColumnFamilyDescriptor::new(CF_PLUGIN_STATE, Options::default()),
+            ColumnFamilyDescriptor::new(CF_PLUGIN_STATE, state::cf_options()),
         ];
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|e| SpoolError::Open {
             path: path.to_path_buf(),

@@ -2,16 +2,57 @@
 //!
 //! Keys are `<plugin>\0<key>`, so each plugin has its own namespace. Values are an 8-byte
 //! big-endian expiry (Unix ms, 0 = never) followed by the data. Expired entries read as absent
-//! and are deleted when met. Writes go to the WAL without an fsync of their own: state survives
-//! a crash of the relay, and only the last moments of it could be lost on a power cut.
+//! and are deleted when met; the ones never read again are dropped by a compaction filter (see
+//! [`cf_options`]). Writes go to the WAL without an fsync of their own: state survives a crash
+//! of the relay, and only the last moments of it could be lost on a power cut.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rocksdb::DB;
+use rocksdb::{CompactionDecision, Options, DB};
 
 use super::{now_ms, CF_PLUGIN_STATE};
 use crate::policy::StateStore;
+
+/// How old an SST file of `plugin_state` may get before RocksDB rewrites it, running the
+/// compaction filter over it. Ordinary compactions only run where writes pile up, so without
+/// this a file holding entries that have since expired could sit untouched indefinitely.
+/// RocksDB checks for such files every 12 hours even when nothing is written, so an expired
+/// entry is gone at most about a day and a half after its expiry; rewriting the column family
+/// once a day is cheap next to the message traffic the other column families see.
+const PERIODIC_COMPACTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Options for the `plugin_state` column family: a compaction filter that drops expired
+/// entries, and [`PERIODIC_COMPACTION`] so that every file meets the filter regularly.
+///
+/// Without it expired entries are deleted only when read, and keys that are never read again
+/// (a suppressed address nobody writes to, a rate-limit window of a one-off sender) would stay
+/// on disk forever. Removing one early is invisible: the reader treats it as absent already.
+/// What is still in the memtable is filtered once it is flushed and compacted; the memtable
+/// itself is bounded by the write buffer size.
+pub(super) fn cf_options() -> Options {
+    let mut options = Options::default();
+    options.set_compaction_filter("relay-plugin-state-expiry", |_level, _key, value: &[u8]| {
+        match expiry_of(value) {
+            Some(expiry) if is_expired(expiry, now_ms()) => CompactionDecision::Remove,
+            // Live, never expiring, or not in our format: never drop what we cannot judge.
+            _ => CompactionDecision::Keep,
+        }
+    });
+    options.set_periodic_compaction_seconds(PERIODIC_COMPACTION.as_secs());
+    options
+}
+
+/// The expiry stored at the front of a value; `None` for a value too short to hold one.
+fn expiry_of(value: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = value.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// True when an entry with this expiry (0 = never) is gone at `now` (Unix ms).
+fn is_expired(expiry: u64, now: u64) -> bool {
+    expiry != 0 && expiry <= now
+}
 
 /// The RocksDB-backed [`StateStore`].
 pub(crate) struct PluginState {
@@ -46,16 +87,12 @@ impl PluginState {
                 return None;
             }
         };
-        if raw.len() < 8 {
-            return None;
-        }
-        let (expiry, data) = raw.split_at(8);
-        let expiry = u64::from_be_bytes(expiry.try_into().ok()?);
-        if expiry != 0 && expiry <= now_ms() {
+        let expiry = expiry_of(&raw)?;
+        if is_expired(expiry, now_ms()) {
             let _ = self.db.delete_cf(cf, full_key);
             return None;
         }
-        Some((expiry, data.to_vec()))
+        Some((expiry, raw[8..].to_vec()))
     }
 
     fn write(&self, full_key: &[u8], expiry: u64, data: &[u8]) {
@@ -162,5 +199,43 @@ mod tests {
             1,
             "a new window starts from zero"
         );
+    }
+
+    #[test]
+    fn compaction_drops_expired_entries_that_are_never_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 0).expect("open");
+        let state = spool.plugin_state();
+        let short = Some(Duration::from_millis(20));
+        state.set("p", "short", b"x", short);
+        state.counter_add("p", "window", 1, short);
+        state.set("p", "long", b"y", Some(Duration::from_secs(3600)));
+        state.set("p", "forever", b"z", None);
+        std::thread::sleep(Duration::from_millis(60));
+
+        // Read the raw column family: the expiry-aware reader would delete on its own.
+        let cf = spool.db.cf_handle(CF_PLUGIN_STATE).expect("plugin_state");
+        let raw = |key: &str| {
+            spool
+                .db
+                .get_cf(cf, PluginState::key("p", key))
+                .expect("raw read")
+        };
+        assert!(raw("short").is_some(), "expired but not yet compacted");
+        spool.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(raw("short"), None);
+        assert_eq!(raw("window"), None);
+        assert!(raw("long").is_some(), "a live entry stays");
+        assert!(raw("forever").is_some(), "an entry without TTL stays");
+        assert_eq!(state.get("p", "forever").as_deref(), Some(&b"z"[..]));
+    }
+
+    #[test]
+    fn only_entries_past_their_expiry_count_as_expired() {
+        assert_eq!(expiry_of(&[0, 0, 0, 0, 0, 0, 0, 5, b'x']), Some(5));
+        assert_eq!(expiry_of(b"short"), None);
+        assert!(is_expired(5, 5));
+        assert!(!is_expired(6, 5));
+        assert!(!is_expired(0, u64::MAX), "0 means never");
     }
 }
