@@ -61,6 +61,30 @@ pub struct Config {
     /// `[[pool]]`: named, weighted groups of sources.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `GET /metrics` is served (Prometheus/OpenMetrics text over HTTP).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ip:port` to serve the metrics on; absent: no endpoint. Port 0 picks a free port (the
+    /// bound address is logged as `metrics_listening`).
+    #[serde(deserialize_with = "metrics_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[metrics] listen`: an IP address and port (no host names: the endpoint binds, it does not
+/// resolve).
+fn metrics_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<SocketAddr>().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "\"{text}\" is not ip:port (e.g. \"127.0.0.1:9090\" or \"[::1]:9090\")"
+        ))
+    })
 }
 
 /// `[plugins]`: where plugins live, the sandbox limits, and one `[plugins.NAME]` table per plugin.
@@ -696,6 +720,15 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             );
         }
+        if let Some(addr) = self.metrics.listen {
+            if addr.port() != 0 && self.server.listen.contains(&addr) {
+                return fail(
+                    "metrics",
+                    "listen",
+                    &format!("{addr} is also a [server] listen address; pick another port"),
+                );
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return fail(
                 "log",
@@ -881,6 +914,44 @@ next_hop = "127.0.0.1:2600"
         for bad in ["", "5", "m", "5x", "-5m", "5.5m"] {
             assert_eq!(ConfigDuration::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_parses_an_address() {
+        let config = Config::parse("[log]\nlevel = \"info\"\n", "r.toml").expect("valid");
+        assert_eq!(config.metrics.listen, None);
+        let config =
+            Config::parse("[metrics]\nlisten = \"127.0.0.1:9090\"\n", "r.toml").expect("valid");
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9090".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn bad_metrics_listen_names_file_line_section_and_field() {
+        let text = "[server]\nhostname = \"a.test\"\n\n[metrics]\nlisten = \"localhost:9090\"\n";
+        let err = Config::parse(text, "relay.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "relay.toml:5: [metrics] listen: \"localhost:9090\" is not ip:port (e.g. \"127.0.0.1:9090\" or \"[::1]:9090\")"
+        );
+        let err = Config::parse("[metrics]\nport = 9090\n", "relay.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("relay.toml:2: [metrics]"), "{err}");
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn metrics_may_not_share_the_smtp_address() {
+        let text =
+            "[server]\nlisten = [\"127.0.0.1:2525\"]\n[metrics]\nlisten = \"127.0.0.1:2525\"\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "r.toml:4: [metrics] listen: 127.0.0.1:2525 is also a [server] listen address; pick another port"
+        );
     }
 }
 

@@ -14,6 +14,8 @@ pub(crate) mod hooks;
 #[cfg(feature = "server")]
 pub(crate) mod inspect;
 #[cfg(feature = "server")]
+pub(crate) mod metrics;
+#[cfg(feature = "server")]
 pub mod observe;
 #[cfg(feature = "server")]
 pub mod policy;

@@ -1,4 +1,5 @@
-//! `relay serve`: opens the spool, starts the scheduler and delivery, and listens for SMTP.
+//! `relay serve`: opens the spool, starts the scheduler and delivery, and listens for SMTP (and
+//! for metrics scrapes, with `[metrics]`).
 
 use std::sync::{Arc, Mutex};
 
@@ -8,6 +9,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::delivery::mx::{DnsSettings, MxResolver};
 use crate::delivery::Delivery;
+use crate::metrics;
 use crate::policy::{self, Policy};
 use crate::smtp::listener::{self, Inbound, Timeouts};
 use crate::smtp::SessionConfig;
@@ -33,12 +35,22 @@ pub enum StartError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The `[metrics] listen` address could not be bound.
+    #[error("[metrics] listen: cannot listen on {addr}: {source}")]
+    MetricsListen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
 }
 
 /// Runs the relay until a shutdown signal (SIGINT or SIGTERM) arrives.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let spool = Spool::open(&config.spool.path, config.spool.min_free_space)?;
-    tracing::info!(event = "spool_opened", path = %config.spool.path.display(), queued = spool.count().unwrap_or(0), "spool opened");
+    let queued = spool.count().unwrap_or(0);
+    metrics::global().set_queue_messages(queued);
+    tracing::info!(event = "spool_opened", path = %config.spool.path.display(), queued, "spool opened");
     let resolver = MxResolver::new(&DnsSettings {
         nameservers: config.dns.nameservers.clone(),
         timeout: config.dns.timeout.0,
@@ -57,6 +69,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         ),
         None => None,
     };
+
+    // Before SMTP: once `listening` is logged, the metrics address is known too.
+    if let Some(addr) = config.metrics.listen {
+        let (listener, bound) = bind(addr)
+            .await
+            .map_err(|source| StartError::MetricsListen { addr, source })?;
+        tracing::info!(event = "metrics_listening", addr = %bound, "serving GET /metrics");
+        let endpoint = Arc::new(metrics::Endpoint::new(policy.clone()));
+        tokio::spawn(metrics::serve(listener, endpoint));
+    }
 
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let (scheduler, notifier) =
@@ -94,13 +116,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         policy,
     });
     for addr in &config.server.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-        let bound = listener.local_addr().map_err(|source| StartError::Listen {
+        let (listener, bound) = bind(*addr).await.map_err(|source| StartError::Listen {
             addr: *addr,
             source,
         })?;
@@ -113,6 +129,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "signal received; stopping (queued mail is on disk)"
     );
     Ok(())
+}
+
+/// Binds a listen address from the config; returns the listener and the address it got (the
+/// port picked, for port 0).
+async fn bind(addr: std::net::SocketAddr) -> std::io::Result<(TcpListener, std::net::SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
 }
 
 async fn shutdown_signal() {

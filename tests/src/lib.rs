@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod metrics;
 pub mod mime;
 pub mod net;
 pub mod plugins;

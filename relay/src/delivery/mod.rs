@@ -314,10 +314,12 @@ impl Delivery {
         self.0.spool.commit(ops).await?;
         if let Some(dsn_id) = dsn_id {
             tracing::info!(event = "dsn_queued", msg_id = %id, dsn_id = %dsn_id, "bounce report queued for the sender");
+            crate::metrics::global().dsn_queued();
             self.0.notifier.queued(dsn_id);
         }
         Ok(if entry.is_done() {
             tracing::info!(event = "completed", msg_id = %id, "message left the queue");
+            crate::metrics::global().message_completed();
             None
         } else {
             Some(entry.due_ms)
@@ -354,6 +356,7 @@ impl Delivery {
                     rcpt.attempts += 1;
                     let text = reply_text(&reply);
                     tracing::info!(event = "delivered", msg_id = %id, rcpt = %rcpt.addr, mx = %mx, reply = %text, attempts = rcpt.attempts, "delivered");
+                    crate::metrics::global().delivered();
                     rcpt.state = RcptState::Delivered;
                     rcpt.last_reply = Some(text);
                     continue;
@@ -388,6 +391,7 @@ impl Delivery {
             match action {
                 BounceAction::Suppress => {
                     tracing::info!(event = "suppressed", msg_id = %id, rcpt = %rcpt.addr, reply = %text, class = %class, attempts = rcpt.attempts, "recipient suppressed by policy; no DSN");
+                    crate::metrics::global().suppressed();
                     rcpt.state = RcptState::Bounced;
                     rcpt.last_reply = Some(text);
                 }
@@ -406,6 +410,7 @@ impl Delivery {
                 BounceAction::RetryAt(at) if !expired && at > now => {
                     let next = at.min(expires_ms);
                     tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = failure.mx.as_deref().unwrap_or(""), reply = %text, class = %class, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred (retry time from policy)");
+                    crate::metrics::global().deferred();
                     rcpt.state = RcptState::Deferred { next_ms: next };
                     rcpt.last_reply = Some(text);
                 }
@@ -430,6 +435,7 @@ impl Delivery {
                         + self.0.settings.retry_delay(rcpt.attempts).as_millis() as u64)
                         .min(expires_ms);
                     tracing::info!(event = "deferred", msg_id = %id, rcpt = %rcpt.addr, mx = failure.mx.as_deref().unwrap_or(""), reply = %text, class = %class, attempts = rcpt.attempts, next_attempt = next, retry_in_s = (next - now) / 1000, "deferred");
+                    crate::metrics::global().deferred();
                     rcpt.state = RcptState::Deferred { next_ms: next };
                     rcpt.last_reply = Some(text);
                 }
@@ -451,6 +457,7 @@ impl Delivery {
     ) -> dsn::FailedRecipient {
         let text = reply_text(&reply);
         tracing::info!(event = "bounced", msg_id = %id, rcpt = %rcpt.addr, mx = mx.as_deref().unwrap_or(""), reply = %text, class = %class, attempts = rcpt.attempts, "bounced");
+        crate::metrics::global().bounced();
         rcpt.state = RcptState::Bounced;
         rcpt.last_reply = Some(text.clone());
         let status = match reply.enhanced {

@@ -150,6 +150,8 @@ pub(super) struct LoadedPlugin {
     faults: Mutex<VecDeque<Instant>>,
     quarantined: AtomicBool,
     counts: [AtomicU64; 3],
+    /// Calls that ran the plugin (not skipped by quarantine), by [`hook_index`].
+    calls: [AtomicU64; 4],
 }
 
 /// A plugin file to load.
@@ -180,6 +182,16 @@ fn hook_bit(hook: Hook) -> u8 {
         Hook::OnData => 2,
         Hook::ChooseIp => 4,
         Hook::OnBounce => 8,
+    }
+}
+
+/// A hook's slot in [`LoadedPlugin`]'s call counters.
+fn hook_index(hook: Hook) -> usize {
+    match hook {
+        Hook::OnRcpt => 0,
+        Hook::OnData => 1,
+        Hook::ChooseIp => 2,
+        Hook::OnBounce => 3,
     }
 }
 
@@ -355,6 +367,7 @@ pub(super) fn load(
         faults: Mutex::new(VecDeque::new()),
         quarantined: AtomicBool::new(false),
         counts: Default::default(),
+        calls: Default::default(),
     };
     let info = plugin
         .run(ticks_for(DESCRIBE_BUDGET), |p, store| {
@@ -408,6 +421,18 @@ impl LoadedPlugin {
         }
     }
 
+    /// Calls so far (including faulted ones), by hook, for the hooks the plugin implements.
+    pub fn call_counts(&self) -> Vec<(&'static str, u64)> {
+        [Hook::OnRcpt, Hook::OnData, Hook::ChooseIp, Hook::OnBounce]
+            .into_iter()
+            .filter(|hook| self.hooks & hook_bit(*hook) != 0)
+            .map(|hook| {
+                let calls = self.calls[hook_index(hook)].load(Ordering::Relaxed);
+                (hook_name(hook), calls)
+            })
+            .collect()
+    }
+
     /// Calls `hook` through `f` on a pooled instance, within the time budget; a fault is
     /// logged and counted and gives [`Outcome::Failed`].
     pub fn call<R>(
@@ -418,6 +443,7 @@ impl LoadedPlugin {
         if self.is_quarantined() {
             return Outcome::Skipped;
         }
+        self.calls[hook_index(hook)].fetch_add(1, Ordering::Relaxed);
         match self.run(self.runtime.call_ticks(), f) {
             Ok(verdict) => Outcome::Done(verdict),
             Err(Failure::Fault(fault)) => {

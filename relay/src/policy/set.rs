@@ -20,7 +20,6 @@ pub(crate) struct PluginSet {
 
 /// A plugin's state, for metrics and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // read by tests; for the metrics endpoint
 pub(crate) struct PluginStats {
     /// The plugin's name (file stem).
     pub name: String,
@@ -32,6 +31,8 @@ pub(crate) struct PluginStats {
     pub quarantined: bool,
     /// Faults by kind.
     pub faults: FaultCounts,
+    /// Calls by hook (snake_case name), for each hook the plugin implements.
+    pub calls: Vec<(&'static str, u64)>,
 }
 
 /// The reply of a fail-closed fallback.
@@ -81,8 +82,7 @@ impl PluginSet {
         self.plugins.iter().map(|p| p.name.clone()).collect()
     }
 
-    /// Each plugin's version, quarantine state and fault counts.
-    #[allow(dead_code)] // read by tests; for the metrics endpoint
+    /// Each plugin's version, quarantine state, fault counts and call counts.
     pub fn stats(&self) -> Vec<PluginStats> {
         self.plugins
             .iter()
@@ -92,6 +92,7 @@ impl PluginSet {
                 sha256: p.hash.clone(),
                 quarantined: p.is_quarantined(),
                 faults: p.fault_counts(),
+                calls: p.call_counts(),
             })
             .collect()
     }

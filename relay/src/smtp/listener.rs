@@ -185,8 +185,10 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound) {
         Session::too_busy(&inbound.session).write_to(&mut out);
         let _ = stream.write_all(&out).await;
         tracing::info!(event = "connection_refused", client = %peer.ip(), reason = "too many connections", "connection limit reached");
+        crate::metrics::global().smtp_connection_refused();
         return;
     };
+    let _open = crate::metrics::global().smtp_session();
     let relay_allowed = inbound
         .relay_networks
         .iter()
@@ -233,6 +235,7 @@ impl Handler for RelayHandler<'_> {
                 event = "spool_full",
                 "refusing mail: spool below min_free_space"
             );
+            crate::metrics::global().mail_refused_spool();
             return Resolution::Reject(Reply::new(
                 452,
                 Some(EnhancedCode(4, 3, 1)),
@@ -277,6 +280,7 @@ impl Handler for RelayHandler<'_> {
         match &resolution {
             Resolution::Reject(reply) => {
                 tracing::info!(event = "rcpt_refused", rcpt = %request.to, from = %request.mail_from, reply = %reply.text(), "recipient refused by policy");
+                crate::metrics::global().rcpt_refused_policy();
             }
             _ => self.accepted += 1,
         }
@@ -305,6 +309,7 @@ impl Handler for RelayHandler<'_> {
             };
             if let Some(reply) = refused {
                 tracing::info!(event = "message_refused", from = %message.mail_from, rcpts = message.recipients.len(), client = %peer.ip(), reply = %reply.text(), "message refused by policy");
+                crate::metrics::global().data_refused_policy();
                 return Resolution::Reject(reply);
             }
             for header in &verdict.add_headers {
@@ -360,11 +365,13 @@ impl Handler for RelayHandler<'_> {
         match result {
             Ok(_) => {
                 tracing::info!(event = "received", msg_id = %id, from = %from, rcpts, size = message.body.len() + prefix.len(), client = %peer.ip(), helo = %message.helo, tags = %tag_text, "message queued");
+                crate::metrics::global().message_received();
                 self.inbound.notifier.queued(id);
                 Resolution::Queued(id.to_string())
             }
             Err(SpoolError::Full(reason)) => {
                 tracing::error!(event = "spool_write_failed", error = %reason, "refusing message: spool full");
+                crate::metrics::global().data_refused_spool();
                 Resolution::Reject(Reply::new(
                     452,
                     Some(EnhancedCode(4, 3, 1)),
@@ -373,6 +380,7 @@ impl Handler for RelayHandler<'_> {
             }
             Err(err) => {
                 tracing::error!(event = "spool_write_failed", error = %err, "refusing message: spool write failed");
+                crate::metrics::global().data_refused_spool();
                 Resolution::Reject(Reply::new(
                     451,
                     Some(EnhancedCode(4, 3, 0)),

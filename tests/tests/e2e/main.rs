@@ -12,6 +12,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod inbound;
+mod metrics;
 mod plugins;
 mod smuggling;
 mod spool;
