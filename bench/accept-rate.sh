@@ -13,7 +13,10 @@
 #
 # Environment: CARGO_TARGET_DIR (where loadgen/countsink are, built if missing),
 # SIZE (bytes, 2048), RUNS ("sessions:messages ...", "1:2000 10:5000 50:10000"),
-# E2E_MESSAGES (10000), E2E_SESSIONS (50), DRAIN_TIMEOUT (s, 300).
+# E2E_MESSAGES (10000), E2E_SESSIONS (50), DRAIN_TIMEOUT (s, 300), EXTRA_CONFIG (a TOML file
+# appended to the relay config, e.g. bench/plugins.toml), PLUGINS (with EXTRA_CONFIG: which
+# plugins to install, "rate-limit ip-pools suppression content-policy"), PLUGIN_CACHE
+# (compiled-plugin cache directory; a fresh one per relay by default).
 # Every process it starts is stopped on exit, and its temp dir removed.
 set -euo pipefail
 
@@ -57,7 +60,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         stop "$pid"
     done
-    rm -rf "$TMP"
+    [[ -n "${KEEP_TMP:-}" ]] && echo "kept $TMP" || rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -131,7 +134,7 @@ EOF
             "$EXTRA_CONFIG" >>"$dir/relay.toml"
         mkdir -p "$dir/plugins"
         local wasm_dir=${CARGO_TARGET_DIR:-$HOME/.cache/relay-target}/wasm32-wasip2/release
-        for p in rate-limit ip-pools suppression content-policy; do
+        for p in ${PLUGINS:-rate-limit ip-pools suppression content-policy}; do
             cp "$wasm_dir/${p//-/_}.wasm" "$dir/plugins/$p.wasm"
         done
     fi
@@ -192,8 +195,14 @@ stop "$RELAY_PID"
 stop "$SINK_PID"
 echo
 
+# cpu_ticks PID: user+system clock ticks the process has used so far.
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
 # 2. End to end, on a fresh relay and spool.
 start_stack e2e --expect "$E2E_MESSAGES" --timeout $((DRAIN_TIMEOUT + 120)) --json
+ticks_before=$(cpu_ticks "$RELAY_PID")
 out=$TMP/e2e/load.json
 "$LOADGEN" --server "$RELAY_ADDR" --sessions "$E2E_SESSIONS" --messages "$E2E_MESSAGES" \
     --size "$SIZE" --json --allow-failures >"$out"
@@ -213,13 +222,16 @@ if [[ $sink_json != *'"complete":true'* ]]; then
     exit 1
 fi
 echo "$sink_json" >"$TMP/e2e/sink.json"
+relay_ticks=$(($(cpu_ticks "$RELAY_PID") - ticks_before))
 start_us=$(json "$out" start_unix_us)
 last_us=$(json "$TMP/e2e/sink.json" last_unix_us)
 awk -v n="$E2E_MESSAGES" -v s="$E2E_SESSIONS" -v start="$start_us" -v last="$last_us" \
-    -v accept_s="$(json "$out" elapsed_s)" -v size="$SIZE" 'BEGIN {
+    -v accept_s="$(json "$out" elapsed_s)" -v size="$SIZE" -v ticks="$relay_ticks" \
+    -v hz="$(getconf CLK_TCK)" 'BEGIN {
     e = (last - start) / 1e6
     printf "end to end: %d messages of %d bytes at %d sessions\n", n, size, s
     printf "  accepted by the relay in %.3f s (%.1f msgs/s)\n", accept_s, n / accept_s
     printf "  all in the sink %.3f s after the first was sent: %.1f msgs/s end to end\n", e, n / e
+    printf "  relay CPU: %.2f s in all, %.3f s per 1,000 messages\n", ticks / hz, ticks / hz / n * 1000
 }'
 exit "$failed"

@@ -22,6 +22,13 @@ pub fn log(level: Level, message: &str) {
     imp::log(level, message);
 }
 
+/// True when a line logged at `level` would be written (the relay's log filter lets it
+/// through). The [`debug!`](crate::debug) family of macros checks it before formatting, so
+/// a debug line on every message costs a host call, not a `format!`, when debug is off.
+pub fn log_enabled(level: Level) -> bool {
+    imp::log_enabled(level)
+}
+
 /// Logs `message` at [`Level::Trace`].
 pub fn log_trace(message: &str) {
     log(Level::Trace, message);
@@ -104,29 +111,49 @@ pub fn throttle(key: &str, limit: u32, window_ms: u64) -> ThrottleResult {
 /// Logs a `format!`-style message at trace level: `plugin_sdk::trace!("x = {x}")`.
 #[macro_export]
 macro_rules! trace {
-    ($($arg:tt)+) => { $crate::host::log($crate::types::Level::Trace, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => {
+        if $crate::host::log_enabled($crate::types::Level::Trace) {
+            $crate::host::log($crate::types::Level::Trace, &::std::format!($($arg)+))
+        }
+    };
 }
 
 /// Logs a `format!`-style message at debug level: `plugin_sdk::debug!("x = {x}")`.
 #[macro_export]
 macro_rules! debug {
-    ($($arg:tt)+) => { $crate::host::log($crate::types::Level::Debug, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => {
+        if $crate::host::log_enabled($crate::types::Level::Debug) {
+            $crate::host::log($crate::types::Level::Debug, &::std::format!($($arg)+))
+        }
+    };
 }
 
 /// Logs a `format!`-style message at info level: `plugin_sdk::info!("x = {x}")`.
 #[macro_export]
 macro_rules! info {
-    ($($arg:tt)+) => { $crate::host::log($crate::types::Level::Info, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => {
+        if $crate::host::log_enabled($crate::types::Level::Info) {
+            $crate::host::log($crate::types::Level::Info, &::std::format!($($arg)+))
+        }
+    };
 }
 
 /// Logs a `format!`-style message at warn level: `plugin_sdk::warn!("x = {x}")`.
 #[macro_export]
 macro_rules! warn {
-    ($($arg:tt)+) => { $crate::host::log($crate::types::Level::Warn, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => {
+        if $crate::host::log_enabled($crate::types::Level::Warn) {
+            $crate::host::log($crate::types::Level::Warn, &::std::format!($($arg)+))
+        }
+    };
 }
 
 /// Logs a `format!`-style message at error level: `plugin_sdk::error!("x = {x}")`.
 #[macro_export]
 macro_rules! error {
-    ($($arg:tt)+) => { $crate::host::log($crate::types::Level::Error, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => {
+        if $crate::host::log_enabled($crate::types::Level::Error) {
+            $crate::host::log($crate::types::Level::Error, &::std::format!($($arg)+))
+        }
+    };
 }

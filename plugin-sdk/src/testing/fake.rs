@@ -62,6 +62,8 @@ struct State {
     /// GCRA theoretical arrival time per key, in Unix nanoseconds.
     throttles: BTreeMap<String, u128>,
     logs: Vec<LogLine>,
+    /// The least severe level written; lower ones read as disabled to the plugin.
+    log_level: Level,
 }
 
 impl Default for State {
@@ -73,6 +75,7 @@ impl Default for State {
             counters: BTreeMap::new(),
             throttles: BTreeMap::new(),
             logs: Vec::new(),
+            log_level: Level::Trace,
         }
     }
 }
@@ -329,6 +332,13 @@ impl TestHost {
         });
     }
 
+    /// Sets the least severe level the fake writes, as the relay's `[log] level` would:
+    /// [`host::log_enabled`](crate::host::log_enabled) answers false below it, and the SDK's
+    /// logging macros then skip their line. The default is [`Level::Trace`] (everything).
+    pub fn set_log_level(&self, level: Level) {
+        with_state(|state| state.log_level = level);
+    }
+
     /// Every line logged since the host was set up (or since [`TestHost::take_logs`]).
     pub fn logs(&self) -> Vec<LogLine> {
         with_state(|state| state.logs.clone())
@@ -365,6 +375,21 @@ pub(crate) fn log(level: Level, message: &str) {
     // Captured by the test harness and shown for failing tests.
     eprintln!("plugin log: {line}");
     with_state(|state| state.logs.push(line));
+}
+
+pub(crate) fn log_enabled(level: Level) -> bool {
+    with_state(|state| severity(level) >= severity(state.log_level))
+}
+
+/// Orders levels from trace (0) to error (4).
+fn severity(level: Level) -> u8 {
+    match level {
+        Level::Trace => 0,
+        Level::Debug => 1,
+        Level::Info => 2,
+        Level::Warn => 3,
+        Level::Error => 4,
+    }
 }
 
 pub(crate) fn config() -> String {
@@ -602,6 +627,29 @@ mod tests {
         assert!(!test_host.logged_at(Level::Error, "over"));
         assert_eq!(test_host.take_logs().len(), 2);
         assert!(test_host.logs().is_empty());
+    }
+
+    #[test]
+    fn macros_skip_lines_below_the_log_level_without_formatting_them() {
+        struct Loud<'a>(&'a std::cell::Cell<u32>);
+        impl std::fmt::Display for Loud<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.set(self.0.get() + 1);
+                f.write_str("loud")
+            }
+        }
+        let test_host = TestHost::new();
+        let formatted = std::cell::Cell::new(0);
+        test_host.set_log_level(Level::Info);
+        assert!(!host::log_enabled(Level::Debug));
+        assert!(host::log_enabled(Level::Info) && host::log_enabled(Level::Error));
+        crate::debug!("{}", Loud(&formatted));
+        crate::trace!("{}", Loud(&formatted));
+        assert_eq!(formatted.get(), 0, "a disabled line is never formatted");
+        crate::info!("{}", Loud(&formatted));
+        assert_eq!(formatted.get(), 1);
+        assert_eq!(test_host.logs().len(), 1);
+        assert!(test_host.logged_at(Level::Info, "loud"));
     }
 
     #[test]

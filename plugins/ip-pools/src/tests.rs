@@ -72,6 +72,25 @@ fn a_tag_set_in_on_data_chooses_the_pool() {
 }
 
 #[test]
+fn each_choice_is_logged_at_debug_level_only_when_debug_is_on() {
+    let host = host(routing());
+    let plugin = IpPools::default();
+    plugin.choose_ip(&delivery("m1"));
+    assert!(
+        host.logged_at(
+            Level::Debug,
+            "message m1 to example.org: pool \"shared\" (default_pool) -> source \"mta1\""
+        ),
+        "{:?}",
+        host.logs()
+    );
+    host.take_logs();
+    host.set_log_level(Level::Info);
+    assert_eq!(source(&plugin.choose_ip(&delivery("m2"))), "mta1");
+    assert!(host.logs().is_empty(), "{:?}", host.logs());
+}
+
+#[test]
 fn tags_are_checked_before_the_sender_domain() {
     let _host = host(routing());
     let input = delivery("m1")

@@ -232,7 +232,23 @@ pub(super) fn one_line(text: &str, max: usize) -> String {
     out
 }
 
+/// Whether the log filter lets a `plugin_log` line at `level` through (same module, so the
+/// same target as the lines [`host::Host::log`] writes).
+fn log_level_enabled(level: host::Level) -> bool {
+    match level {
+        host::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+        host::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        host::Level::Info => tracing::enabled!(tracing::Level::INFO),
+        host::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        host::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+    }
+}
+
 impl host::Host for HostState {
+    fn log_enabled(&mut self, level: host::Level) -> wasmtime::Result<bool> {
+        Ok(log_level_enabled(level))
+    }
+
     fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
         self.call.log_lines = self.call.log_lines.saturating_add(1);
         let plugin = &self.ctx.name;
@@ -244,6 +260,10 @@ impl host::Host for HostState {
                     "more than {MAX_LOG_LINES_PER_CALL} log lines in one call; dropping the rest"
                 );
             }
+            return Ok(());
+        }
+        // An error line is kept for the fault report even when the filter drops it.
+        if level != host::Level::Error && !log_level_enabled(level) {
             return Ok(());
         }
         let message = one_line(&message, MAX_LOG_BYTES);

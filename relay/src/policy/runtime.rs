@@ -111,6 +111,11 @@ impl Runtime {
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true)
             .memory_init_cow(true);
+        // RELAY_PLUGIN_PROFILER=perfmap writes /tmp/perf-PID.map, so `perf report` names the
+        // plugins' compiled functions (for profiling plugins; it changes the cache key).
+        if std::env::var_os("RELAY_PLUGIN_PROFILER").is_some_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let capacity = if options.pooling {
             let mut pool = PoolingAllocationConfig::new();
             let max_memory = options.memory_limit.clamp(64 << 10, 4 << 30);

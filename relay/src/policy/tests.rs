@@ -1020,3 +1020,131 @@ fn hook_call_cost() {
     });
     assert!(rcpt_median < Duration::from_micros(50), "{rcpt_median:?}");
 }
+
+/// The per-message cost of the four shipped plugins, configured as `bench/plugins.toml`
+/// configures them, with the inputs a 2 KB single-part message produces: the hooks in the
+/// order a message meets them (on_rcpt, on_data with its message parse, choose_ip).
+///
+/// `cargo test --release -p relay --lib policy::tests::shipped_plugins_cost -- --ignored --nocapture`
+#[test]
+#[ignore = "a benchmark: run with --release --ignored --nocapture"]
+fn shipped_plugins_cost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = settings(dir.path());
+    for (priority, (krate, config)) in [
+        (
+            "content-policy",
+            r#"{"add_header":"X-Content-Policy: checked"}"#,
+        ),
+        (
+            "rate-limit",
+            r#"{"per_sender_domain":"100000000/1h","per_client_ip":"100000000/1h"}"#,
+        ),
+        ("suppression", "{}"),
+        ("ip-pools", r#"{"default_pool":"bench"}"#),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        install(
+            &guest_at(krate, &format!("plugins/{krate}")),
+            dir.path(),
+            &format!("{krate}.wasm"),
+        );
+        s.plugins
+            .insert(krate.to_string(), table(priority as i64 * 10, config));
+    }
+    let policy = start(s);
+    let set = policy.snapshot();
+    assert_eq!(set.names().len(), 4, "all four load: {:?}", set.names());
+
+    let mut raw = b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+From: Load Generator <loadgen@example.test>\r\n\
+To: <rcpt@example.net>\r\n\
+Subject: loadgen test message 1\r\n\
+Message-ID: <1.2@example.test>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=us-ascii\r\n\
+Content-Transfer-Encoding: 7bit\r\n\
+X-Mailer: relay-bench loadgen\r\n\r\n"
+        .to_vec();
+    while raw.len() < 2048 {
+        raw.extend_from_slice(b"the relay queue message delivery server mail report weekly\r\n");
+    }
+    let rcpt_input = RcptInput {
+        mail_from: MailFrom {
+            address: "loadgen@example.test".to_string(),
+            params: vec![("SIZE".to_string(), raw.len().to_string())],
+        },
+        ..rcpt("rcpt@example.net")
+    };
+    let data_input = |message: MessageInfo| DataInput {
+        message,
+        mail_from: rcpt_input.mail_from.clone(),
+        ..data("loadgen@example.test")
+    };
+    let choose_input = ChooseInput {
+        message_id: "01KAQ3ZB6W2T5N8Y4H7J9M0C1D".to_string(),
+        tags: Vec::new(),
+        sender: "loadgen@example.test".to_string(),
+        domain: "example.net".to_string(),
+        mx_host: "mx.example.net".to_string(),
+        recipients: 1,
+        sources: vec![Source {
+            name: "lo".to_string(),
+            ip: "127.0.0.1".to_string(),
+            ehlo: "relay.bench".to_string(),
+        }],
+        pools: vec![Pool {
+            name: "bench".to_string(),
+            members: vec![PoolMember {
+                source: "lo".to_string(),
+                weight: 1,
+            }],
+        }],
+    };
+    assert_eq!(set.on_rcpt(&rcpt_input), RcptVerdict::NoOpinion);
+    let verdict = set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
+    assert_eq!(verdict.action, DataAction::NoOpinion, "{verdict:?}");
+    assert_eq!(
+        verdict.add_headers.len(),
+        1,
+        "content-policy adds its header"
+    );
+    assert_eq!(
+        set.choose_ip(&choose_input).choice,
+        IpChoice::Source("lo".to_string())
+    );
+
+    let measure = |label: &str, f: &dyn Fn()| -> Duration {
+        for _ in 0..20_000 {
+            f();
+        }
+        let mut samples: Vec<Duration> = (0..100_000)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed()
+            })
+            .collect();
+        samples.sort();
+        let median = samples[samples.len() / 2];
+        let p99 = samples[samples.len() * 99 / 100];
+        eprintln!("{label:<44} median {median:>9.2?}  p99 {p99:>9.2?}");
+        median
+    };
+    measure("  parsing the message (inspect::message_info)", &|| {
+        std::hint::black_box(crate::inspect::message_info(&raw, false));
+    });
+    measure("  building on_data's input, parse included", &|| {
+        std::hint::black_box(data_input(crate::inspect::message_info(&raw, false)));
+    });
+    let total = measure("on_rcpt (rate-limit, suppression)", &|| {
+        set.on_rcpt(&rcpt_input);
+    }) + measure("on_data (content-policy), parse included", &|| {
+        set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
+    }) + measure("choose_ip (ip-pools)", &|| {
+        set.choose_ip(&choose_input);
+    });
+    eprintln!("per message (sum of the three hooks' medians): {total:.2?}");
+}
