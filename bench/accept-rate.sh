@@ -195,14 +195,14 @@ stop "$RELAY_PID"
 stop "$SINK_PID"
 echo
 
-# cpu_ticks PID: user+system clock ticks the process has used so far.
+# cpu_ticks PID: user and system clock ticks the process has used so far.
 cpu_ticks() {
-    awk '{print $14 + $15}' "/proc/$1/stat"
+    awk '{print $14, $15}' "/proc/$1/stat"
 }
 
 # 2. End to end, on a fresh relay and spool.
 start_stack e2e --expect "$E2E_MESSAGES" --timeout $((DRAIN_TIMEOUT + 120)) --json
-ticks_before=$(cpu_ticks "$RELAY_PID")
+read -r user_before sys_before < <(cpu_ticks "$RELAY_PID")
 out=$TMP/e2e/load.json
 "$LOADGEN" --server "$RELAY_ADDR" --sessions "$E2E_SESSIONS" --messages "$E2E_MESSAGES" \
     --size "$SIZE" --json --allow-failures >"$out"
@@ -222,16 +222,20 @@ if [[ $sink_json != *'"complete":true'* ]]; then
     exit 1
 fi
 echo "$sink_json" >"$TMP/e2e/sink.json"
-relay_ticks=$(($(cpu_ticks "$RELAY_PID") - ticks_before))
+read -r user_after sys_after < <(cpu_ticks "$RELAY_PID")
+user_ticks=$((user_after - user_before))
+sys_ticks=$((sys_after - sys_before))
 start_us=$(json "$out" start_unix_us)
 last_us=$(json "$TMP/e2e/sink.json" last_unix_us)
 awk -v n="$E2E_MESSAGES" -v s="$E2E_SESSIONS" -v start="$start_us" -v last="$last_us" \
-    -v accept_s="$(json "$out" elapsed_s)" -v size="$SIZE" -v ticks="$relay_ticks" \
+    -v accept_s="$(json "$out" elapsed_s)" -v size="$SIZE" -v user="$user_ticks" -v sys="$sys_ticks" \
     -v hz="$(getconf CLK_TCK)" 'BEGIN {
     e = (last - start) / 1e6
     printf "end to end: %d messages of %d bytes at %d sessions\n", n, size, s
     printf "  accepted by the relay in %.3f s (%.1f msgs/s)\n", accept_s, n / accept_s
     printf "  all in the sink %.3f s after the first was sent: %.1f msgs/s end to end\n", e, n / e
-    printf "  relay CPU: %.2f s in all, %.3f s per 1,000 messages\n", ticks / hz, ticks / hz / n * 1000
+    ticks = user + sys
+    printf "  relay CPU: %.2f s in all (%.2f user, %.2f system), %.3f s per 1,000 messages\n",
+        ticks / hz, user / hz, sys / hz, ticks / hz / n * 1000
 }'
 exit "$failed"
