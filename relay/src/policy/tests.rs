@@ -978,6 +978,31 @@ fn a_missing_plugin_directory_is_an_error_at_start() {
 // Cost of a hook call
 // ---------------------------------------------------------------------------------------------
 
+/// Times `calls` runs of `f` one by one after a warm-up, prints the median, p99, p99.9 and
+/// maximum, and returns the median.
+fn time_calls(label: &str, calls: usize, f: &dyn Fn()) -> Duration {
+    for _ in 0..20_000 {
+        f();
+    }
+    let mut samples: Vec<Duration> = (0..calls)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    let at = |q: usize| samples[(samples.len() * q / 1000).min(samples.len() - 1)];
+    let median = at(500);
+    eprintln!(
+        "{label:<44} median {median:>9.2?}  p99 {:>9.2?}  p99.9 {:>9.2?}  max {:>9.2?}",
+        at(990),
+        at(999),
+        samples[samples.len() - 1]
+    );
+    median
+}
+
 /// The cost of one hook call including marshalling, as median and p99.
 ///
 /// `cargo test --release -p relay policy::tests::hook_call_cost -- --ignored --nocapture`
@@ -989,29 +1014,8 @@ fn hook_call_cost() {
     let set = policy.snapshot();
     let input = rcpt("bob@example.net");
     let data_input = data("sender@example.test");
-    let measure = |label: &str, f: &dyn Fn()| {
-        for _ in 0..20_000 {
-            f();
-        }
-        let mut samples: Vec<Duration> = (0..200_000)
-            .map(|_| {
-                let started = Instant::now();
-                f();
-                started.elapsed()
-            })
-            .collect();
-        samples.sort();
-        let median = samples[samples.len() / 2];
-        let p99 = samples[samples.len() * 99 / 100];
-        let p999 = samples[samples.len() * 999 / 1000];
-        let max = samples[samples.len() - 1];
-        eprintln!(
-            "{label}: median {median:?}, p99 {p99:?}, p99.9 {p999:?}, max {max:?} ({} calls; \
-             an instance is recycled every 10,000 calls)",
-            samples.len()
-        );
-        median
-    };
+    eprintln!("(an instance is recycled every 10,000 calls)");
+    let measure = |label: &str, f: &dyn Fn()| time_calls(label, 200_000, f);
     let rcpt_median = measure("on_rcpt (no opinion)", &|| {
         assert_eq!(set.on_rcpt(&input), RcptVerdict::NoOpinion);
     });
@@ -1116,23 +1120,7 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
         IpChoice::Source("lo".to_string())
     );
 
-    let measure = |label: &str, f: &dyn Fn()| -> Duration {
-        for _ in 0..20_000 {
-            f();
-        }
-        let mut samples: Vec<Duration> = (0..100_000)
-            .map(|_| {
-                let started = Instant::now();
-                f();
-                started.elapsed()
-            })
-            .collect();
-        samples.sort();
-        let median = samples[samples.len() / 2];
-        let p99 = samples[samples.len() * 99 / 100];
-        eprintln!("{label:<44} median {median:>9.2?}  p99 {p99:>9.2?}");
-        median
-    };
+    let measure = |label: &str, f: &dyn Fn()| time_calls(label, 100_000, f);
     measure("  parsing the message (inspect::message_info)", &|| {
         std::hint::black_box(crate::inspect::message_info(&raw, false));
     });
