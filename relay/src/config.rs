@@ -64,6 +64,45 @@ pub struct Config {
     /// `[metrics]`: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[bounces]`: domains whose addresses receive returned DSNs for `on_bounce`.
+    #[serde(default)]
+    pub bounces: BouncesConfig,
+}
+
+/// `[bounces]`: the bounce domains. Mail to an address at one of them is taken from any
+/// client, parsed as an RFC 3464 DSN for `on_bounce`, and dropped (never queued or relayed).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BouncesConfig {
+    /// Domains (lower-case, no trailing dot); empty: the feature is off.
+    pub domains: Vec<BounceDomain>,
+}
+
+/// A bounce domain: a DNS name, lower-cased, without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BounceDomain(pub String);
+
+impl<'de> Deserialize<'de> for BounceDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let domain = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        let valid = !domain.is_empty()
+            && domain.len() <= 253
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if valid {
+            Ok(BounceDomain(domain))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "\"{text}\" is not a domain (e.g. \"bounces.example.com\")"
+            )))
+        }
+    }
 }
 
 /// `[metrics]`: where `GET /metrics` is served (Prometheus/OpenMetrics text over HTTP).
@@ -729,6 +768,16 @@ impl Config {
                 );
             }
         }
+        let mut bounce_domains = std::collections::HashSet::new();
+        for domain in &self.bounces.domains {
+            if !bounce_domains.insert(domain.0.as_str()) {
+                return fail(
+                    "bounces",
+                    "domains",
+                    &format!("\"{}\" is listed twice", domain.0),
+                );
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return fail(
                 "log",
@@ -1015,5 +1064,34 @@ members = [{ source = "a" }, { source = "nope", weight = 2 }]
         let text = "[delivery]\ndefault_pool = \"ghost\"\n";
         let err = Config::parse(text, "r.toml").unwrap_err().to_string();
         assert!(err.contains("r.toml:2: [delivery] default_pool"), "{err}");
+    }
+
+    #[test]
+    fn bounce_domains_default_to_off_and_are_lower_cased() {
+        assert!(Config::parse("", "r.toml")
+            .unwrap()
+            .bounces
+            .domains
+            .is_empty());
+        let text = "[bounces]\ndomains = [\"Bounces.Example.COM.\"]\n";
+        let config = Config::parse(text, "r.toml").unwrap();
+        assert_eq!(
+            config.bounces.domains,
+            vec![BounceDomain("bounces.example.com".into())]
+        );
+    }
+
+    #[test]
+    fn bad_bounce_domain_names_file_line_section_and_field() {
+        let text = "[bounces]\ndomains = [\"b@x.com\"]\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(err.contains("r.toml:2: [bounces] domains"), "{err}");
+        assert!(err.contains("\"b@x.com\" is not a domain"), "{err}");
+        let text = "[bounces]\ndomains = [\"a.test\", \"A.test\"]\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(err.contains("r.toml:2: [bounces] domains"), "{err}");
+        let text = "[bounces]\ndomain = [\"a.test\"]\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(err.contains("[bounces]"), "{err}");
     }
 }

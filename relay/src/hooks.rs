@@ -108,7 +108,9 @@ pub(crate) fn header_line(name: &str, value: &str) -> Option<String> {
     valid.then(|| format!("{name}: {}\r\n", clean_line(value, 900)))
 }
 
-fn parse_enhanced(text: &str) -> Option<EnhancedCode> {
+/// An RFC 3463 enhanced status code such as "5.1.1" (class 2, 4 or 5), from text that may
+/// come from a plugin or a returned DSN.
+pub(crate) fn parse_enhanced(text: &str) -> Option<EnhancedCode> {
     let mut parts = text.trim().split('.');
     let class: u8 = parts.next()?.parse().ok()?;
     let subject: u16 = parts.next()?.parse().ok()?;

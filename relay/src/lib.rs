@@ -6,6 +6,8 @@
 pub mod smtp;
 
 #[cfg(feature = "server")]
+pub(crate) mod bounce;
+#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub(crate) mod delivery;

@@ -62,6 +62,7 @@ pub(crate) struct Metrics {
     bounced: Counter,
     suppressed: Counter,
     dsn_queued: Counter,
+    bounces_returned: Counter,
     queue: Gauge,
     connections: Gauge,
     connections_refused: Counter,
@@ -120,6 +121,13 @@ impl Metrics {
             dsn_queued.clone(),
         );
 
+        let bounces_returned = Counter::default();
+        registry.register(
+            "relay_bounces_returned",
+            "Failed or delayed recipients reported by DSNs that came back to a [bounces] domain (each was shown to on_bounce)",
+            bounces_returned.clone(),
+        );
+
         let queue = Gauge::default();
         registry.register(
             "relay_queue_messages",
@@ -151,6 +159,7 @@ impl Metrics {
             bounced: result("bounced"),
             suppressed: result("suppressed"),
             dsn_queued,
+            bounces_returned,
             queue,
             connections,
             connections_refused,
@@ -218,6 +227,11 @@ impl Metrics {
     pub(crate) fn dsn_queued(&self) {
         self.dsn_queued.inc();
         self.queue.inc();
+    }
+
+    /// A recipient block of a returned DSN was reported to on_bounce.
+    pub(crate) fn bounce_returned(&self) {
+        self.bounces_returned.inc();
     }
 
     /// An inbound session was admitted; it counts as open until the guard is dropped.

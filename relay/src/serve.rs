@@ -102,6 +102,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             max_errors: config.server.max_errors,
             max_hops: config.server.max_hops,
             bare_line_ending: config.server.bare_line_ending,
+            bounce_domains: config.bounces.domains.iter().map(|d| d.0.clone()).collect(),
         }),
         relay_networks: config.server.relay_networks.clone(),
         timeouts: Timeouts {

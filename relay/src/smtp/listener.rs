@@ -248,6 +248,11 @@ impl Handler for RelayHandler<'_> {
     }
 
     async fn check_rcpt(&mut self, request: &RcptRequest, helo: &str) -> Resolution {
+        if request.bounce {
+            // A returned DSN: on_rcpt is for mail the relay sends on, not for its own bounces.
+            self.accepted += 1;
+            return Resolution::Accept;
+        }
         let Some(plugins) = self.plugins_for(Hook::OnRcpt) else {
             self.accepted += 1;
             return Resolution::Accept;
@@ -289,6 +294,19 @@ impl Handler for RelayHandler<'_> {
 
     async fn message(&mut self, message: IncomingMessage, peer: SocketAddr) -> Resolution {
         let plugins = self.plugins.take();
+        if message.bounce {
+            // Parsed for on_bounce and dropped, never queued; 250 whatever it is, so a
+            // bounce address never causes backscatter. on_data does not run.
+            if let Some(to) = message.recipients.first() {
+                crate::bounce::handle_returned(
+                    &message.body,
+                    to,
+                    &peer.ip().to_string(),
+                    plugins.as_deref(),
+                );
+            }
+            return Resolution::Accept;
+        }
         let mut added_headers = String::new();
         let mut tags: Vec<(String, String)> = Vec::new();
         if let Some(plugins) = plugins.as_ref().filter(|set| set.implements(Hook::OnData)) {

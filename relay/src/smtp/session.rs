@@ -51,6 +51,19 @@ pub struct SessionConfig {
     pub max_hops: u32,
     /// What to do with bare CR/LF in message content.
     pub bare_line_ending: BareLineEnding,
+    /// Bounce domains (lower-case): their addresses take returned DSNs from any client, in
+    /// transactions of their own (see [`SessionConfig::is_bounce_address`]).
+    pub bounce_domains: Vec<String>,
+}
+
+impl SessionConfig {
+    /// True when `mailbox` is at one of the bounce domains: RCPT TO it is accepted from any
+    /// client, and a transaction never mixes such addresses with others.
+    pub fn is_bounce_address(&self, mailbox: &Mailbox) -> bool {
+        self.bounce_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&mailbox.domain))
+    }
 }
 
 impl Default for SessionConfig {
@@ -63,6 +76,7 @@ impl Default for SessionConfig {
             max_errors: 10,
             max_hops: 50,
             bare_line_ending: BareLineEnding::Reject,
+            bounce_domains: Vec::new(),
         }
     }
 }
@@ -95,8 +109,8 @@ pub enum Step {
     /// MAIL FROM passed every protocol check; the I/O layer may still refuse
     /// it (e.g. `452 4.3.1` when the spool disk is full). Answer with `resolve`.
     CheckMail(MailRequest),
-    /// RCPT TO passed every protocol check (relaying clients only; others got
-    /// 554 5.7.1 from the session). Answer with `resolve`.
+    /// RCPT TO passed every protocol check (relaying clients, or any client for a bounce
+    /// address; others got 554 5.7.1 from the session). Answer with `resolve`.
     CheckRcpt(RcptRequest),
     /// A complete message that passed all checks: spool it and answer
     /// `Resolution::Queued(id)` or `Resolution::Reject(reply)`.
@@ -123,6 +137,8 @@ pub struct RcptRequest {
     pub mail_from: ReversePath,
     /// The transaction's MAIL FROM parameters.
     pub params: MailParams,
+    /// True when `to` is a bounce address ([`SessionConfig::is_bounce_address`]).
+    pub bounce: bool,
 }
 
 /// The I/O layer's answer to a pending step.
@@ -162,6 +178,8 @@ pub struct IncomingMessage {
     pub smtputf8: bool,
     /// `"SMTP"` or `"ESMTP"`, for the Received header's `with` clause.
     pub protocol: &'static str,
+    /// True when every recipient is a bounce address: a returned DSN, not mail to relay.
+    pub bounce: bool,
 }
 
 impl fmt::Debug for IncomingMessage {
@@ -174,6 +192,7 @@ impl fmt::Debug for IncomingMessage {
             .field("eight_bit", &self.eight_bit)
             .field("smtputf8", &self.smtputf8)
             .field("protocol", &self.protocol)
+            .field("bounce", &self.bounce)
             .finish_non_exhaustive()
     }
 }
@@ -686,14 +705,32 @@ impl Session {
             Reply::enhanced(452, (4, 5, 3), "Too many recipients").write_to(out);
             return None;
         }
-        if !self.client.relay_allowed {
+        let bounce = self.config.is_bounce_address(&to);
+        if !self.client.relay_allowed && !bounce {
             let reply = Reply::enhanced(554, (5, 7, 1), "Relay access denied");
             return self.reply_error(reply, out);
+        }
+        if txn
+            .rcpts
+            .first()
+            .is_some_and(|first| self.config.is_bounce_address(first) != bounce)
+        {
+            // A returned DSN is dropped after parsing and other mail is queued: one
+            // transaction cannot be both. Like too many recipients, the client sends the
+            // rest in another transaction (RFC 5321 4.5.3.1.10), so no error budget.
+            Reply::enhanced(
+                452,
+                (4, 5, 3),
+                "Bounce addresses and other recipients need separate transactions",
+            )
+            .write_to(out);
+            return None;
         }
         let request = RcptRequest {
             to: to.clone(),
             mail_from: txn.from.clone(),
             params: txn.params.clone(),
+            bounce,
         };
         self.pending = Some(Pending::Rcpt(to));
         Some(Step::CheckRcpt(request))
@@ -813,6 +850,8 @@ impl Session {
             None => (String::new(), false),
         };
         self.pending = Some(Pending::Message);
+        let bounce =
+            !txn.rcpts.is_empty() && txn.rcpts.iter().all(|r| self.config.is_bounce_address(r));
         Some(Step::Message(Box::new(IncomingMessage {
             helo,
             esmtp,
@@ -823,6 +862,7 @@ impl Session {
             body: decoded.body,
             eight_bit: decoded.eight_bit,
             protocol: if esmtp { "ESMTP" } else { "SMTP" },
+            bounce,
         })))
     }
 }
@@ -854,6 +894,7 @@ mod tests {
             max_errors: 5,
             max_hops: 3,
             bare_line_ending: BareLineEnding::Reject,
+            bounce_domains: vec!["bounces.test".into()],
         }
     }
 
@@ -1197,6 +1238,50 @@ mod tests {
         );
         assert!(c.rcpts.is_empty());
         assert_eq!(c.mails.len(), 1);
+    }
+
+    #[test]
+    fn bounce_address_is_accepted_from_a_non_relay_client_as_a_bounce_transaction() {
+        let mut c = Client::with(config(), false);
+        c.send("EHLO mx.example.net\r\n");
+        c.send("MAIL FROM:<>\r\n");
+        assert_eq!(c.send("RCPT TO:<b@Bounces.Test>\r\n"), "250 2.1.5 Ok\r\n");
+        assert!(c.rcpts[0].bounce);
+        assert_eq!(
+            c.send("RCPT TO:<x@y.z>\r\n"),
+            "554 5.7.1 Relay access denied\r\n"
+        );
+        c.send("DATA\r\n");
+        c.send("Subject: dsn\r\n\r\nx\r\n.\r\n");
+        assert_eq!(c.messages.len(), 1);
+        assert!(c.messages[0].bounce);
+    }
+
+    #[test]
+    fn bounce_and_other_recipients_are_never_mixed_in_one_transaction() {
+        let mut c = Client::ehlo();
+        c.send("MAIL FROM:<a@b.c>\r\n");
+        assert_eq!(c.send("RCPT TO:<x@y.z>\r\n"), "250 2.1.5 Ok\r\n");
+        assert_eq!(
+            c.send("RCPT TO:<b@bounces.test>\r\n"),
+            "452 4.5.3 Bounce addresses and other recipients need separate transactions\r\n"
+        );
+        c.send("RSET\r\nMAIL FROM:<>\r\n");
+        assert_eq!(c.send("RCPT TO:<b@bounces.test>\r\n"), "250 2.1.5 Ok\r\n");
+        assert_eq!(codes(&c.send("RCPT TO:<x@y.z>\r\n")), ["452 4.5.3"]);
+        c.send("DATA\r\n");
+        c.send("x\r\n.\r\n");
+        assert!(c.messages[0].bounce);
+        assert_eq!(c.messages[0].recipients.len(), 1);
+    }
+
+    #[test]
+    fn ordinary_messages_are_not_bounce_transactions() {
+        let mut c = Client::in_transaction();
+        c.send("DATA\r\n");
+        c.send("x\r\n.\r\n");
+        assert!(!c.messages[0].bounce);
+        assert!(!c.rcpts[0].bounce);
     }
 
     #[test]

@@ -14,5 +14,6 @@ mod delivery;
 mod inbound;
 mod metrics;
 mod plugins;
+mod returned_bounces;
 mod smuggling;
 mod spool;
