@@ -48,11 +48,7 @@ fn panic_line(info: &std::panic::PanicHookInfo<'_>) -> String {
         None => format!("plugin panicked: {payload}"),
     };
     if line.len() > MAX_PANIC_MESSAGE {
-        let mut end = MAX_PANIC_MESSAGE;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
+        line.truncate(line.floor_char_boundary(MAX_PANIC_MESSAGE));
         line.push_str("...");
     }
     line

@@ -441,13 +441,7 @@ fn original_id(part: &MessagePart<'_>) -> String {
 
 /// Cuts `text` to at most `max` bytes at a character boundary.
 fn cut(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    text.truncate(text.floor_char_boundary(max));
 }
 
 #[cfg(test)]

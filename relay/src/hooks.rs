@@ -125,13 +125,7 @@ fn clean_line(text: &str, max: usize) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if out.len() > max {
-        let mut end = max;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
-    }
+    out.truncate(out.floor_char_boundary(max));
     out.trim().to_string()
 }
 

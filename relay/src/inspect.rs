@@ -21,7 +21,8 @@ const MAX_BODY_TEXT: usize = 1024 * 1024;
 /// for the text, get mail-parser's full parse.
 pub(crate) fn message_info(raw: &[u8], with_body: bool) -> MessageInfo {
     let parser = MessageParser::default();
-    let header_only = if with_body || may_be_container(&raw[..body_offset(raw)]) {
+    let (header, body) = raw.split_at(body_offset(raw));
+    let header_only = if with_body || may_be_container(header) {
         None
     } else {
         parser
@@ -56,7 +57,6 @@ pub(crate) fn message_info(raw: &[u8], with_body: bool) -> MessageInfo {
         })
         .collect();
     let parts = if single_part {
-        let body = raw.get(body_offset(raw)..).unwrap_or_default();
         message
             .parts
             .first()
@@ -225,14 +225,7 @@ fn addresses(address: Option<&Address<'_>>) -> Vec<String> {
 }
 
 fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
+    text[..text.floor_char_boundary(max)].to_string()
 }
 
 #[cfg(test)]

@@ -222,11 +222,7 @@ pub(super) fn one_line(text: &str, max: usize) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if out.len() > max {
-        let mut end = max;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
+        out.truncate(out.floor_char_boundary(max));
         out.push('…');
     }
     out
