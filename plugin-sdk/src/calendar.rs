@@ -1,27 +1,35 @@
 //! UTC calendar days on the host clock: parsing and printing `yyyy-mm-dd`, day boundaries.
 //!
-//! A plugin has no clock or time-zone database of its own, and warm-up days are whole UTC
-//! days, so the proleptic Gregorian arithmetic lives here (Howard Hinnant's
-//! `days_from_civil` / `civil_from_days`) instead of pulling in a date crate.
+//! A plugin has no clock or time-zone database of its own, and daily caps, dates in state
+//! and the like want whole UTC days, so the proleptic Gregorian arithmetic lives here
+//! (Howard Hinnant's `days_from_civil` / `civil_from_days`) instead of in a date crate:
+//!
+//! ```
+//! use plugin_sdk::calendar::UtcDay;
+//!
+//! let day = UtcDay::from_unix_ms(1_795_132_800_000 + 3_600_000);
+//! assert_eq!(day.to_string(), "2026-11-20");
+//! assert_eq!(UtcDay::parse("2026-11-21"), Some(day.next()));
+//! ```
 
 use std::fmt;
 
 /// Milliseconds in one UTC day (UTC days have no leap seconds in Unix time).
-pub(crate) const MS_PER_DAY: u64 = 86_400_000;
+pub const MS_PER_DAY: u64 = 86_400_000;
 
 /// One UTC calendar day, counted in days since 1970-01-01.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct UtcDay(i64);
+pub struct UtcDay(i64);
 
 impl UtcDay {
     /// The UTC day that contains `unix_ms`.
-    pub(crate) fn from_unix_ms(unix_ms: u64) -> Self {
+    pub fn from_unix_ms(unix_ms: u64) -> Self {
         // u64::MAX / MS_PER_DAY is far below i64::MAX.
         UtcDay(i64::try_from(unix_ms / MS_PER_DAY).unwrap_or(i64::MAX))
     }
 
     /// Parses a date written `yyyy-mm-dd` (four-digit year, real month and day).
-    pub(crate) fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         let bytes = text.as_bytes();
         if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
             return None;
@@ -41,17 +49,17 @@ impl UtcDay {
     }
 
     /// The day after this one.
-    pub(crate) fn next(self) -> Self {
+    pub fn next(self) -> Self {
         UtcDay(self.0.saturating_add(1))
     }
 
     /// Whole days from `earlier` to this day (negative when `earlier` is later).
-    pub(crate) fn days_since(self, earlier: UtcDay) -> i64 {
+    pub fn days_since(self, earlier: UtcDay) -> i64 {
         self.0.saturating_sub(earlier.0)
     }
 
     /// Unix milliseconds of this day's midnight (00:00 UTC); 0 for days before 1970.
-    pub(crate) fn start_ms(self) -> u64 {
+    pub fn start_ms(self) -> u64 {
         u64::try_from(self.0).map_or(0, |days| days.saturating_mul(MS_PER_DAY))
     }
 }

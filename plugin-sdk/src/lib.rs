@@ -1,5 +1,6 @@
 //! The guest SDK for relay policy plugins: the [`Plugin`] trait, the [`export_plugin!`] macro,
-//! the host API ([`host`]), config helpers ([`config`]) and a native test host ([`testing`]).
+//! the host API ([`host`]), config helpers ([`config`]), UTC days ([`calendar`]) and a native
+//! test host ([`testing`]).
 //!
 //! A plugin is a Rust crate built for `wasm32-wasip2` into a WebAssembly component that
 //! implements the `relay:policy@0.1.0` world (`wit/relay-policy.wit`, the single source of
@@ -34,6 +35,7 @@
 // the exported macros use when they expand in a plugin crate.
 extern crate self as plugin_sdk;
 
+pub mod calendar;
 pub mod config;
 pub mod host;
 mod plugin;

@@ -3,12 +3,12 @@
 
 use plugin_sdk::prelude::*;
 
-use crate::calendar::UtcDay;
 use crate::config::{canonical_source_key, Config, Reason};
+use plugin_sdk::calendar::UtcDay;
 
 /// Counters live two days: long enough to cover the whole UTC day they count, however late
 /// in the day they are created, and then they clean themselves up.
-pub(crate) const COUNTER_TTL_MS: u64 = 2 * crate::calendar::MS_PER_DAY;
+pub(crate) const COUNTER_TTL_MS: u64 = 2 * plugin_sdk::calendar::MS_PER_DAY;
 
 /// One source the pool may send from.
 #[derive(Debug)]

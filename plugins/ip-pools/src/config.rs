@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use plugin_sdk::config::normalize_domain;
 use serde::Deserialize;
 
-use crate::calendar::UtcDay;
+use plugin_sdk::calendar::UtcDay;
 
 /// Why the `[plugins.ip-pools]` table was refused; the text names the key and the fix.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,6 @@ use std::cell::OnceCell;
 
 use plugin_sdk::prelude::*;
 
-mod calendar;
 mod choose;
 mod config;
 

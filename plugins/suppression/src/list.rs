@@ -1,6 +1,7 @@
 //! The suppression list, kept in the plugin's key-value state: one entry per address under
 //! `suppressed:<address in lower case>`, expiring with the configured TTL.
 
+use plugin_sdk::calendar::UtcDay;
 use plugin_sdk::host;
 use serde::{Deserialize, Serialize};
 
@@ -102,24 +103,7 @@ pub fn one_line(text: &str, max_bytes: usize) -> String {
 
 /// The UTC calendar date of a Unix time in milliseconds, `YYYY-MM-DD`.
 pub fn utc_date(unix_ms: u64) -> String {
-    // Howard Hinnant's civil_from_days (http://howardhinnant.github.io/date_algorithms.html):
-    // days since 1970-01-01 to a proleptic Gregorian date, counting in 400-year eras.
-    let days = i64::try_from(unix_ms / 86_400_000).unwrap_or(0);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    UtcDay::from_unix_ms(unix_ms).to_string()
 }
 
 #[cfg(test)]
