@@ -91,6 +91,17 @@ impl RelayConfig {
         self.set("delivery", "retry_schedule", &toml_array(schedule))
     }
 
+    /// `[plugins] dir`, with the compiled-plugin cache shared by all test relays
+    /// ([`crate::plugins::cache_dir`]).
+    pub fn plugins_dir(self, dir: &std::path::Path) -> RelayConfig {
+        self.set("plugins", "dir", &toml_str(&dir.display().to_string()))
+            .set(
+                "plugins",
+                "cache_dir",
+                &toml_str(&crate::plugins::cache_dir().display().to_string()),
+            )
+    }
+
     /// `[server] relay_networks`.
     pub fn relay_networks(self, networks: &[&str]) -> RelayConfig {
         self.set("server", "relay_networks", &toml_array(networks))

@@ -29,18 +29,10 @@ pub fn cache_dir() -> PathBuf {
 /// `make plugins` into `<target>/wasm32-wasip2/release/`.
 pub fn wasm(crate_name: &str) -> PathBuf {
     let file = format!("{}.wasm", crate_name.replace('-', "_"));
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            // <target>/debug/deps/e2e-xxxx -> <target>
-            let exe = std::env::current_exe().unwrap_or_default();
-            exe.ancestors()
-                .nth(3)
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        }
-    };
-    let path = target.join("wasm32-wasip2").join("release").join(&file);
+    let path = target_dir()
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(&file);
     assert!(
         path.exists(),
         "plugin {} not found: run `make plugins` (cargo build --release --target wasm32-wasip2 -p {crate_name})",

@@ -1,7 +1,6 @@
 //! The Prometheus endpoint on a live relay: counters move by exactly what the traffic did,
 //! and plugin faults, calls and quarantine show up from the plugin set.
 
-use relay_tests::config::toml_str;
 use relay_tests::metrics::{self, metrics_addr, wait_for_values, ANY_PORT};
 use relay_tests::{
     message, new_message_id, plugins, DnsServer, Net, RelayConfig, RelayProcess, Sink, SmtpClient,
@@ -112,16 +111,7 @@ async fn plugin_faults_calls_and_quarantine_show_in_the_metrics() {
     let config = RelayConfig::new(dns.addr(), 9)
         .route("*", &sink.addr().to_string())
         .set("metrics", "listen", ANY_PORT)
-        .set(
-            "plugins",
-            "dir",
-            &toml_str(&dir.path().display().to_string()),
-        )
-        .set(
-            "plugins",
-            "cache_dir",
-            &toml_str(&plugins::cache_dir().display().to_string()),
-        )
+        .plugins_dir(dir.path())
         // The second fault quarantines the plugin.
         .set("plugins", "max_faults", "2");
     let relay = RelayProcess::start(&config.to_toml()).await;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_tests::config::toml_str;
 use relay_tests::plugins;
 use relay_tests::{
     field, message, new_message_id, relay::run_relay, DnsServer, Net, RelayConfig, RelayProcess,
@@ -29,12 +28,7 @@ async fn relay_with_plugins_tuned(
 ) -> RelayProcess {
     let config = tune(RelayConfig::new(dns.addr(), 9))
         .route("*", &sink.addr().to_string())
-        .set("plugins", "dir", &toml_str(&dir.display().to_string()))
-        .set(
-            "plugins",
-            "cache_dir",
-            &toml_str(&plugins::cache_dir().display().to_string()),
-        )
+        .plugins_dir(dir)
         .raw(extra);
     RelayProcess::start(&config.to_toml()).await
 }
@@ -203,16 +197,7 @@ async fn suppression_refuses_a_recipient_after_it_hard_bounced() {
     plugins::install("suppression", dir.path(), "suppression");
     let config = RelayConfig::new(dns.addr(), group.port)
         .retry_schedule(&["1h"])
-        .set(
-            "plugins",
-            "dir",
-            &toml_str(&dir.path().display().to_string()),
-        )
-        .set(
-            "plugins",
-            "cache_dir",
-            &toml_str(&plugins::cache_dir().display().to_string()),
-        );
+        .plugins_dir(dir.path());
     let relay = RelayProcess::start(&config.to_toml()).await;
     relay
         .wait_for_event("plugin_loaded", &[("plugin", "suppression")], WAIT)

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use relay_tests::config::{toml_array, toml_str};
+use relay_tests::config::toml_array;
 use relay_tests::plugins;
 use relay_tests::{
     field, message, new_message_id, DnsServer, Net, RelayConfig, RelayProcess, Reply, Sink,
@@ -84,16 +84,7 @@ async fn returned_dsn_from_outside_teaches_suppression_and_is_never_relayed() {
         .route("*", &sink.addr().to_string())
         .relay_networks(&[&format!("{inside}/32")])
         .set("bounces", "domains", &toml_array(&["bounces.test"]))
-        .set(
-            "plugins",
-            "dir",
-            &toml_str(&dir.path().display().to_string()),
-        )
-        .set(
-            "plugins",
-            "cache_dir",
-            &toml_str(&plugins::cache_dir().display().to_string()),
-        );
+        .plugins_dir(dir.path());
     let relay = RelayProcess::start(&config.to_toml()).await;
     relay
         .wait_for_event("plugin_loaded", &[("plugin", "suppression")], WAIT)
