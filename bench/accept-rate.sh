@@ -15,7 +15,7 @@
 # SIZE (bytes, 2048), RUNS ("sessions:messages ...", "1:2000 10:5000 50:10000"),
 # E2E_MESSAGES (10000), E2E_SESSIONS (50), DRAIN_TIMEOUT (s, 300), EXTRA_CONFIG (a TOML file
 # appended to the relay config, e.g. bench/plugins.toml), PLUGINS (with EXTRA_CONFIG: which
-# plugins to install, "rate-limit ip-pools suppression content-policy"), PLUGIN_CACHE
+# plugins to install, "rate-limit ip-pools suppression content-policy"; "" for none), PLUGIN_CACHE
 # (compiled-plugin cache directory; a fresh one per relay by default).
 # Every process it starts is stopped on exit, and its temp dir removed.
 set -euo pipefail
@@ -122,6 +122,9 @@ max_connections_per_destination = 20
 domain = "*"
 next_hop = "$sink_addr"
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [log]
 format = "json"
 # Warnings, plus the serve module's info lines, of which we need "listening".
@@ -134,7 +137,7 @@ EOF
             "$EXTRA_CONFIG" >>"$dir/relay.toml"
         mkdir -p "$dir/plugins"
         local wasm_dir=${CARGO_TARGET_DIR:-$HOME/.cache/relay-target}/wasm32-wasip2/release
-        for p in ${PLUGINS:-rate-limit ip-pools suppression content-policy}; do
+        for p in ${PLUGINS-rate-limit ip-pools suppression content-policy}; do
             cp "$wasm_dir/${p//-/_}.wasm" "$dir/plugins/$p.wasm"
         done
     fi
@@ -144,6 +147,29 @@ EOF
     local line
     line=$(wait_for "$dir/relay.log" '"event":"listening"' "$RELAY_PID" 60)
     RELAY_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
+    line=$(wait_for "$dir/relay.log" '"event":"metrics_listening"' "$RELAY_PID" 10)
+    METRICS_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
+}
+
+# plugin_costs MESSAGES: each plugin hook's calls and wall time from the relay's metrics, per
+# call and per message (nothing without plugins, or without curl).
+plugin_costs() {
+    local n=$1 metrics
+    command -v curl >/dev/null || return 0
+    metrics=$(curl -sf "http://$METRICS_ADDR/metrics") || return 0
+    awk -v n="$n" '
+        function key(line) { match(line, /\{[^}]*\}/); return substr(line, RSTART, RLENGTH) }
+        /^relay_plugin_calls_total\{/ { calls[key($0)] = $NF }
+        /^relay_plugin_call_seconds_total\{/ { secs[key($0)] = $NF }
+        END {
+            for (k in calls) if (calls[k] > 0) {
+                found = 1
+                printf "  plugin %-45s %8d calls %7.2f us/call %7.2f us/message\n", k, calls[k],
+                    secs[k] / calls[k] * 1e6, secs[k] / n * 1e6
+                total += secs[k]
+            }
+            if (found) printf "  plugins in all: %.2f us of hook calls per message\n", total / n * 1e6
+        }' <<<"$metrics"
 }
 
 # The countsink's message count from its last --progress line.
@@ -238,4 +264,5 @@ awk -v n="$E2E_MESSAGES" -v s="$E2E_SESSIONS" -v start="$start_us" -v last="$las
     printf "  relay CPU: %.2f s in all (%.2f user, %.2f system), %.3f s per 1,000 messages\n",
         ticks / hz, user / hz, sys / hz, ticks / hz / n * 1000
 }'
+plugin_costs "$E2E_MESSAGES"
 exit "$failed"

@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use prometheus_client::registry::Unit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -310,9 +311,22 @@ impl Collector for PluginCollector {
             MetricType::Counter,
         )?;
         for s in &stats {
-            for (hook, n) in &s.calls {
-                let labels = [("plugin", s.name.as_str()), ("hook", *hook)];
-                ConstCounter::new(*n).encode(calls.encode_family(&labels)?)?;
+            for hook in &s.calls {
+                let labels = [("plugin", s.name.as_str()), ("hook", hook.hook)];
+                ConstCounter::new(hook.calls).encode(calls.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut seconds = encoder.encode_descriptor(
+            "relay_plugin_call",
+            "Wall time spent in those hook calls (taking an instance, marshalling the input and verdict, the plugin's code and its host calls); divided by relay_plugin_calls_total it is the mean cost of a call.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for s in &stats {
+            for hook in &s.calls {
+                let labels = [("plugin", s.name.as_str()), ("hook", hook.hook)];
+                ConstCounter::new(hook.seconds).encode(seconds.encode_family(&labels)?)?;
             }
         }
 

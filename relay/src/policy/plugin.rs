@@ -152,6 +152,20 @@ pub(super) struct LoadedPlugin {
     counts: [AtomicU64; 3],
     /// Calls that ran the plugin (not skipped by quarantine), by [`hook_index`].
     calls: [AtomicU64; 4],
+    /// Wall time spent in those calls in nanoseconds (taking an instance, marshalling,
+    /// running the guest and its host calls), by [`hook_index`].
+    call_nanos: [AtomicU64; 4],
+}
+
+/// One hook's calls into one plugin, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct HookCalls {
+    /// The hook's snake_case name.
+    pub hook: &'static str,
+    /// Calls that ran the plugin (faulted ones included).
+    pub calls: u64,
+    /// Wall time spent in them, in seconds.
+    pub seconds: f64,
 }
 
 /// A plugin file to load.
@@ -368,6 +382,7 @@ pub(super) fn load(
         quarantined: AtomicBool::new(false),
         counts: Default::default(),
         calls: Default::default(),
+        call_nanos: Default::default(),
     };
     let info = plugin
         .run(ticks_for(DESCRIBE_BUDGET), |p, store| {
@@ -421,14 +436,19 @@ impl LoadedPlugin {
         }
     }
 
-    /// Calls so far (including faulted ones), by hook, for the hooks the plugin implements.
-    pub fn call_counts(&self) -> Vec<(&'static str, u64)> {
+    /// Calls so far (including faulted ones) and the time they took, by hook, for the hooks
+    /// the plugin implements.
+    pub fn call_counts(&self) -> Vec<HookCalls> {
         [Hook::OnRcpt, Hook::OnData, Hook::ChooseIp, Hook::OnBounce]
             .into_iter()
             .filter(|hook| self.hooks & hook_bit(*hook) != 0)
             .map(|hook| {
-                let calls = self.calls[hook_index(hook)].load(Ordering::Relaxed);
-                (hook_name(hook), calls)
+                let index = hook_index(hook);
+                HookCalls {
+                    hook: hook_name(hook),
+                    calls: self.calls[index].load(Ordering::Relaxed),
+                    seconds: self.call_nanos[index].load(Ordering::Relaxed) as f64 / 1e9,
+                }
             })
             .collect()
     }
@@ -443,8 +463,13 @@ impl LoadedPlugin {
         if self.is_quarantined() {
             return Outcome::Skipped;
         }
-        self.calls[hook_index(hook)].fetch_add(1, Ordering::Relaxed);
-        match self.run(self.runtime.call_ticks(), f) {
+        let index = hook_index(hook);
+        self.calls[index].fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.run(self.runtime.call_ticks(), f);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.call_nanos[index].fetch_add(nanos, Ordering::Relaxed);
+        match result {
             Ok(verdict) => Outcome::Done(verdict),
             Err(Failure::Fault(fault)) => {
                 self.record_fault(hook_name(hook), &fault);

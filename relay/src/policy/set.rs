@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::plugin::{FaultCounts, LoadedPlugin, Outcome};
+use super::plugin::{FaultCounts, HookCalls, LoadedPlugin, Outcome};
 use super::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
     DataVerdict, Fallback, Fallbacks, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply, Tag,
@@ -19,7 +19,7 @@ pub(crate) struct PluginSet {
 }
 
 /// A plugin's state, for metrics and the admin API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PluginStats {
     /// The plugin's name (file stem).
     pub name: String,
@@ -31,8 +31,8 @@ pub(crate) struct PluginStats {
     pub quarantined: bool,
     /// Faults by kind.
     pub faults: FaultCounts,
-    /// Calls by hook (snake_case name), for each hook the plugin implements.
-    pub calls: Vec<(&'static str, u64)>,
+    /// Calls and the time spent in them, for each hook the plugin implements.
+    pub calls: Vec<HookCalls>,
 }
 
 /// The reply of a fail-closed fallback.

@@ -148,7 +148,7 @@ async fn plugin_faults_calls_and_quarantine_show_in_the_metrics() {
     assert_eq!(refused.code, 550, "{refused}");
     let trapped = c.command("RCPT TO:<trap@rcpt.test>").await.expect("rcpt");
     assert_eq!(trapped.code, 250, "the fail-open fallback: {trapped}");
-    wait_for_values(
+    let after_two = wait_for_values(
         addr,
         &[
             (&faults("trap"), 1.0),
@@ -161,6 +161,10 @@ async fn plugin_faults_calls_and_quarantine_show_in_the_metrics() {
         WAIT,
     )
     .await;
+    // The two calls took some time, and far less than the 10 ms budget each.
+    let seconds =
+        after_two.value("relay_plugin_call_seconds_total{plugin=\"bad-plugin\",hook=\"on_rcpt\"}");
+    assert!(seconds > 0.0 && seconds < 1.0, "{}", after_two.text);
 
     let trapped = c.command("RCPT TO:<trap@rcpt.test>").await.expect("rcpt");
     assert_eq!(trapped.code, 250, "{trapped}");
