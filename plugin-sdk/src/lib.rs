@@ -3,7 +3,7 @@
 //! test host ([`testing`]).
 //!
 //! A plugin is a Rust crate built for `wasm32-wasip2` into a WebAssembly component that
-//! implements the `relay:policy@0.1.0` world (`wit/relay-policy.wit`, the single source of
+//! implements the `relay:policy@0.2.0` world (`wit/relay-policy.wit`, the single source of
 //! truth). Write a type that implements [`Plugin`], override the hooks you need and export it:
 //!
 //! ```
@@ -64,7 +64,7 @@ pub mod bindings {
     });
 }
 
-/// The WIT types of `relay:policy@0.1.0`: hook inputs, verdicts and what they are made of.
+/// The WIT types of `relay:policy@0.2.0`: hook inputs, verdicts and what they are made of.
 ///
 /// Field names follow the WIT file with `-` turned into `_` (`client-ip` is `client_ip`,
 /// `from` is `from`). The verdicts have small constructors (`RcptVerdict::reject(..)`,

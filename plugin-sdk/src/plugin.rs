@@ -110,7 +110,7 @@ macro_rules! export_plugin {
         }
 
         // The Guest impl is type-checked on every target, but only exported on wasm32: the
-        // component's export names (`relay:policy/hooks@0.1.0#on-rcpt`) are not valid symbol
+        // component's export names (`relay:policy/hooks@0.2.0#on-rcpt`) are not valid symbol
         // names for a native cdylib.
         #[allow(dead_code)]
         const _: () = {

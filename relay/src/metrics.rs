@@ -330,6 +330,19 @@ impl Collector for PluginCollector {
             }
         }
 
+        let mut reused = encoder.encode_descriptor(
+            "relay_plugin_reused_verdicts",
+            "choose_ip answers given without calling the plugin, because it allowed its verdict for the same sender domain, destination, MX host and tags to be reused (reuse-ms).",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &stats {
+            for hook in s.calls.iter().filter(|h| h.hook == "choose_ip") {
+                let labels = [("plugin", s.name.as_str()), ("hook", hook.hook)];
+                ConstCounter::new(hook.reused).encode(reused.encode_family(&labels)?)?;
+            }
+        }
+
         let mut faults = encoder.encode_descriptor(
             "relay_plugin_faults",
             "Plugin faults by kind: trap (including a guest panic), timeout (ran past time_budget), memory (hit memory_limit); each call that faulted got the hook's fallback. Since this version of the plugin was loaded.",

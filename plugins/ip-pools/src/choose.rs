@@ -1,5 +1,6 @@
-//! The choice itself: resolve the pool to its sources, skip those at today's warm-up cap,
-//! pick one by weight, or hold the delivery until the next UTC midnight.
+//! The choice itself: resolve the pool to its sources; without a warm-up cap today, answer
+//! the pool (reusable) and let the relay pick by weight; else skip the sources at today's
+//! cap, pick one by weight, or hold the delivery until the next UTC midnight.
 
 use plugin_sdk::prelude::*;
 
@@ -9,6 +10,20 @@ use plugin_sdk::calendar::UtcDay;
 /// Counters live two days: long enough to cover the whole UTC day they count, however late
 /// in the day they are created, and then they clean themselves up.
 pub(crate) const COUNTER_TTL_MS: u64 = 2 * plugin_sdk::calendar::MS_PER_DAY;
+
+/// How long the relay may give an uncapped answer (the pool, or the single source) to other
+/// deliveries with the same sender domain, destination domain, MX host and tags without
+/// calling the plugin.
+///
+/// Why a minute: without a cap the answer depends only on the config, the tags and the
+/// sender's domain (see [`choose`]): not on the message id, the local part, the counters or
+/// the clock. The clock cannot make it wrong either as the schedules work now: a `warmup`
+/// entry caps its source from the first call (before `start` the cap is `daily[0]`) and time
+/// only ever ends a schedule, never starts one. A minute is the margin should that change
+/// (a warm-up that starts tomorrow would then be noticed at most a minute after midnight),
+/// and it still saves all but one call a minute per sender domain, destination and tags.
+/// Capped answers are never reused: they depend on the counters and the day.
+pub(crate) const REUSE_MS: u32 = 60_000;
 
 /// One source the pool may send from.
 #[derive(Debug)]
@@ -31,7 +46,17 @@ enum Target<'a> {
 }
 
 /// Answers `choose_ip` for one delivery with the checked config.
+///
+/// When no candidate has a warm-up cap today the answer is the target itself, reusable for
+/// [`REUSE_MS`], and the relay picks a member by weight; otherwise the plugin counts and
+/// picks a source itself, and the answer is never reused.
 pub(crate) fn choose(config: &Config, input: &ChooseInput) -> ChooseVerdict {
+    // `pool_for` reads the tags and only the part of the sender after its last `@`,
+    // normalized (case, trailing dot): never the local part. The relay's reuse key holds the
+    // sender's domain (after the last `@`, ASCII case folded) and every tag, so deliveries
+    // that share a key always get the same pool here, and the uncapped answer below may be
+    // reused whatever the local part. (Should `pool_for` ever match on the full address, the
+    // reuse must be limited to the decisions that did not.)
     let Some((pool_name, reason)) = config.pool_for(&input.tags, &input.sender) else {
         return ChooseVerdict::no_opinion();
     };
@@ -57,6 +82,10 @@ pub(crate) fn choose(config: &Config, input: &ChooseInput) -> ChooseVerdict {
             input.domain
         );
         return ChooseVerdict::no_opinion();
+    }
+
+    if open.iter().all(|candidate| candidate.cap.is_none()) {
+        return uncapped(input, pool_name, &reason, &target);
     }
 
     let seed = spread_seed(&input.message_id, &input.domain);
@@ -87,10 +116,34 @@ pub(crate) fn choose(config: &Config, input: &ChooseInput) -> ChooseVerdict {
         Target::Pool(pool) => IpChoice::Pool(pool.name.clone()),
         Target::Source(source) => IpChoice::Source(source.name.clone()),
     };
+    // Depends on the clock and the counters: never reused.
     ChooseVerdict {
         choice,
         not_before: Some(until.start_ms()),
+        reuse_ms: 0,
     }
+}
+
+/// The answer when no candidate has a cap today: the pool (or the single source) itself, for
+/// the relay to pick a member by weight (stably per message and destination, as
+/// [`spread_seed`] does here), reusable for [`REUSE_MS`]. Nothing is counted.
+fn uncapped(
+    input: &ChooseInput,
+    pool_name: &str,
+    reason: &Reason,
+    target: &Target<'_>,
+) -> ChooseVerdict {
+    plugin_sdk::debug!(
+        "message {} to {}: pool \"{pool_name}\" ({reason}) has no warm-up cap today; \
+         the relay picks a source by weight",
+        input.message_id,
+        input.domain
+    );
+    let verdict = match target {
+        Target::Pool(pool) => ChooseVerdict::pool(&pool.name),
+        Target::Source(source) => ChooseVerdict::source(&source.name),
+    };
+    verdict.reuse_for(REUSE_MS)
 }
 
 /// The counter of deliveries from `ip` on `day`: `sent:<ip>:<yyyy-mm-dd>`.
@@ -115,6 +168,7 @@ fn chosen(
         candidate.name,
         candidate.ip
     );
+    // Counted (or picked among counted ones) for this message: never reused.
     ChooseVerdict::source(candidate.name)
 }
 

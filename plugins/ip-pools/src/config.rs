@@ -362,6 +362,31 @@ mod tests {
     }
 
     #[test]
+    fn the_local_part_never_chooses_the_pool() {
+        // `choose` lets the relay reuse uncapped answers whatever the local part.
+        let json = r#"{"sender_domains": {"news.example": "bulk"}, "default_pool": "shared"}"#;
+        let config = Config::parse(json).expect("valid");
+        for sender in [
+            "a@news.example",
+            "other@News.Example",
+            "\"x@vip.example\"@news.example",
+        ] {
+            assert_eq!(
+                config.pool_for(&[], sender).map(|(pool, _)| pool),
+                Some("bulk"),
+                "{sender}"
+            );
+        }
+        assert_eq!(
+            config
+                .pool_for(&[], "news.example@other.example")
+                .map(|(pool, _)| pool),
+            Some("shared"),
+            "a local part that looks like the domain does not match"
+        );
+    }
+
+    #[test]
     fn warmup_caps_follow_the_schedule_and_end_with_it() {
         let json = r#"{"warmup": {"2001:DB8::0:1": {"start": "2026-11-20", "daily": [50, 100]}}}"#;
         let config = Config::parse(json).expect("valid");

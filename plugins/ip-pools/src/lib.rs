@@ -24,8 +24,9 @@ impl Plugin for IpPools {
     const NAME: &'static str = "ip-pools";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
-    /// Answers the source (by `[[source]]` name) for one delivery, or holds it until the next
-    /// UTC midnight when every source of the pool is at its warm-up cap.
+    /// Answers the pool (reusable for a minute) when none of its sources has a warm-up cap
+    /// today; else the source (by `[[source]]` name) for this delivery, or a hold until the
+    /// next UTC midnight when every source of the pool is at its warm-up cap.
     fn choose_ip(&self, input: &ChooseInput) -> ChooseVerdict {
         match self
             .config

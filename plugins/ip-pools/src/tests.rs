@@ -7,6 +7,9 @@ use serde_json::json;
 
 use super::IpPools;
 
+/// How long an uncapped answer may be reused: `choose::REUSE_MS`, spelled out.
+const REUSE_MS: u32 = 60_000;
+
 const HOUR: u64 = 3_600_000;
 /// 2026-11-20T00:00:00Z: day 0 of the warm-up in these tests.
 const DAY0: u64 = 1_795_132_800_000;
@@ -43,14 +46,29 @@ fn routing() -> serde_json::Value {
     })
 }
 
-/// The source name of a `Source` answer without a hold.
+/// The source name of a `Source` answer the plugin counted and picked itself: no hold, not
+/// reusable.
 fn source(verdict: &ChooseVerdict) -> &str {
     match verdict {
         ChooseVerdict {
             choice: IpChoice::Source(name),
             not_before: None,
+            reuse_ms: 0,
         } => name,
-        other => panic!("expected a source without hold, got {other:?}"),
+        other => panic!("expected a source without hold or reuse, got {other:?}"),
+    }
+}
+
+/// The pool name of an uncapped answer: the pool itself for the relay to pick from, no hold,
+/// reusable for a minute.
+fn pool(verdict: &ChooseVerdict) -> &str {
+    match verdict {
+        ChooseVerdict {
+            choice: IpChoice::Pool(name),
+            not_before: None,
+            reuse_ms: REUSE_MS,
+        } => name,
+        other => panic!("expected a reusable pool without hold, got {other:?}"),
     }
 }
 
@@ -64,10 +82,10 @@ fn a_tag_set_in_on_data_chooses_the_pool() {
     let _host = host(routing());
     let plugin = IpPools::default();
     let verdict = plugin.choose_ip(&delivery("m1").with_tag("class", "bulk"));
-    assert!(["mta2", "mta3"].contains(&source(&verdict)), "{verdict:?}");
+    assert_eq!(pool(&verdict), "bulk");
     assert_eq!(
-        source(&plugin.choose_ip(&delivery("m1").with_tag("class", "vip"))),
-        "mta4"
+        pool(&plugin.choose_ip(&delivery("m1").with_tag("class", "vip"))),
+        "vip"
     );
 }
 
@@ -79,15 +97,36 @@ fn each_choice_is_logged_at_debug_level_only_when_debug_is_on() {
     assert!(
         host.logged_at(
             Level::Debug,
-            "message m1 to example.org: pool \"shared\" (default_pool) -> source \"mta1\""
+            "message m1 to example.org: pool \"shared\" (default_pool) has no warm-up cap today; \
+             the relay picks a source by weight"
         ),
         "{:?}",
         host.logs()
     );
     host.take_logs();
     host.set_log_level(Level::Info);
-    assert_eq!(source(&plugin.choose_ip(&delivery("m2"))), "mta1");
+    assert_eq!(pool(&plugin.choose_ip(&delivery("m2"))), "shared");
     assert!(host.logs().is_empty(), "{:?}", host.logs());
+}
+
+#[test]
+fn a_counted_pick_is_logged_at_debug_level_with_the_source() {
+    let mut config = routing();
+    config["warmup"] = json!({ "mta1": { "start": "2026-11-20", "daily": [10] } });
+    let host = host(config);
+    assert_eq!(
+        source(&IpPools::default().choose_ip(&delivery("m1"))),
+        "mta1"
+    );
+    assert!(
+        host.logged_at(
+            Level::Debug,
+            "message m1 to example.org: pool \"shared\" (default_pool) -> source \"mta1\" \
+             (127.0.0.2, 1/10 today)"
+        ),
+        "{:?}",
+        host.logs()
+    );
 }
 
 #[test]
@@ -96,7 +135,7 @@ fn tags_are_checked_before_the_sender_domain() {
     let input = delivery("m1")
         .with_sender("letters@news.example")
         .with_tag("class", "vip");
-    assert_eq!(source(&IpPools::default().choose_ip(&input)), "mta4");
+    assert_eq!(pool(&IpPools::default().choose_ip(&input)), "vip");
 }
 
 #[test]
@@ -104,15 +143,15 @@ fn the_sender_domain_chooses_the_pool_without_case() {
     let _host = host(routing());
     let plugin = IpPools::default();
     let verdict = plugin.choose_ip(&delivery("m1").with_sender("Letters@News.Example"));
-    assert!(["mta2", "mta3"].contains(&source(&verdict)), "{verdict:?}");
+    assert_eq!(pool(&verdict), "bulk");
     let verdict = plugin.choose_ip(
         &delivery("m1")
             .with_sender("ceo@vip.example")
             .with_tag("class", "other"),
     );
     assert_eq!(
-        source(&verdict),
-        "mta4",
+        pool(&verdict),
+        "vip",
         "a tag that matches nothing falls through"
     );
 }
@@ -121,10 +160,10 @@ fn the_sender_domain_chooses_the_pool_without_case() {
 fn the_default_pool_applies_when_nothing_matches() {
     let _host = host(routing());
     let plugin = IpPools::default();
-    assert_eq!(source(&plugin.choose_ip(&delivery("m1"))), "mta1");
+    assert_eq!(pool(&plugin.choose_ip(&delivery("m1"))), "shared");
     assert_eq!(
-        source(&plugin.choose_ip(&delivery("m2").with_sender(""))),
-        "mta1",
+        pool(&plugin.choose_ip(&delivery("m2").with_sender(""))),
+        "shared",
         "null sender"
     );
 }
@@ -140,8 +179,12 @@ fn without_a_default_pool_there_is_no_opinion() {
 }
 
 #[test]
-fn picks_follow_the_pool_weights_and_are_stable_per_delivery() {
-    let _host = host(json!({ "default_pool": "weighted" }));
+fn counted_picks_follow_the_pool_weights_and_are_stable_per_delivery() {
+    // A cap far above what is sent keeps the plugin picking (and counting) itself.
+    let _host = host(json!({
+        "default_pool": "weighted",
+        "warmup": { "mta4": { "start": "2026-11-20", "daily": [1_000_000] } },
+    }));
     let plugin = IpPools::default();
     let mut mta1 = 0;
     for i in 0..4000 {
@@ -170,11 +213,73 @@ fn sources_without_warmup_are_uncapped_and_not_counted() {
     let plugin = IpPools::default();
     for i in 0..100 {
         assert_eq!(
-            source(&plugin.choose_ip(&delivery(&format!("m{i}")))),
-            "mta1"
+            pool(&plugin.choose_ip(&delivery(&format!("m{i}")))),
+            "shared"
         );
     }
     assert!(host.counter_keys().is_empty(), "{:?}", host.counter_keys());
+}
+
+#[test]
+fn an_uncapped_pool_is_answered_as_the_pool_reusable_for_a_minute() {
+    let host = host(json!({
+        "default_pool": "weighted",
+        "sender_domains": { "news.example": "bulk" },
+    }));
+    let plugin = IpPools::default();
+    let first = plugin.choose_ip(&delivery("m1").with_sender("a@news.example"));
+    assert_eq!(
+        first,
+        ChooseVerdict::pool("bulk").reuse_for(REUSE_MS),
+        "the relay picks the member by weight"
+    );
+    // What the relay reuses it for must not change the answer: another message, another
+    // local part, another recipient count, later in the day.
+    host.set_now_ms(DAY0 + 23 * HOUR);
+    let mut other = delivery("m2").with_sender("someone.else@News.Example");
+    other.recipients = 40;
+    assert_eq!(plugin.choose_ip(&other), first);
+    // A weighted pool is answered as the pool too, weight-0 member and all.
+    assert_eq!(
+        plugin.choose_ip(&delivery("m3")),
+        ChooseVerdict::pool("weighted").reuse_for(REUSE_MS)
+    );
+    assert!(host.counter_keys().is_empty(), "{:?}", host.counter_keys());
+}
+
+#[test]
+fn a_pool_with_one_capped_member_still_counts_and_is_never_reused() {
+    let mut config = routing();
+    // mta2 far from its cap, mta3 without one: the plugin still picks and counts.
+    config["warmup"] = json!({ "127.0.0.3": { "start": "2026-11-20", "daily": [1000] } });
+    let host = host(config);
+    let plugin = IpPools::default();
+    let mut mta2 = 0;
+    for i in 0..100 {
+        let input = delivery(&format!("m{i}")).with_tag("class", "bulk");
+        let verdict = plugin.choose_ip(&input);
+        assert_eq!(verdict.reuse_ms, 0, "{verdict:?}");
+        match source(&verdict) {
+            "mta2" => mta2 += 1,
+            "mta3" => {}
+            other => panic!("{other} is not in the bulk pool"),
+        }
+        assert_eq!(
+            plugin.choose_ip(&input).choice,
+            verdict.choice,
+            "a retry picks the same source"
+        );
+    }
+    assert!(
+        (30..70).contains(&mta2),
+        "weights 1:1 gave mta2 {mta2} of 100"
+    );
+    assert_eq!(
+        host.counter("sent:127.0.0.3:2026-11-20"),
+        Some(2 * mta2),
+        "every pick of mta2 is counted, retries included"
+    );
+    assert_eq!(host.counter("sent:127.0.0.4:2026-11-20"), None);
 }
 
 #[test]
@@ -230,6 +335,10 @@ fn when_every_source_is_capped_the_delivery_waits_for_midnight() {
     let held = plugin.choose_ip(&bulk("m4"));
     assert_eq!(held.choice, IpChoice::Pool("bulk".to_owned()));
     assert_eq!(held.not_before, Some(DAY0 + DAY), "the next UTC midnight");
+    assert_eq!(
+        held.reuse_ms, 0,
+        "a hold depends on the clock and the counters"
+    );
     assert!(
         host.logged_at(
             Level::Info,
@@ -249,10 +358,28 @@ fn when_every_source_is_capped_the_delivery_waits_for_midnight() {
     picks.sort();
     assert_eq!(picks, ["mta2", "mta2", "mta2", "mta3"]);
     assert_eq!(
-        plugin.choose_ip(&bulk("d1-4")).not_before,
-        Some(DAY0 + 2 * DAY)
+        plugin.choose_ip(&bulk("d1-4")),
+        ChooseVerdict::pool("bulk").with_not_before(DAY0 + 2 * DAY)
     );
     assert_eq!(host.counter("sent:127.0.0.3:2026-11-21"), Some(3));
+
+    // Day 2: mta2's schedule has ended, mta3 still has a cap of 1: counted, never reused.
+    host.set_now_ms(DAY0 + 2 * DAY);
+    let picks: Vec<String> = (0..6)
+        .map(|i| source(&plugin.choose_ip(&bulk(&format!("d2-{i}")))).to_owned())
+        .collect();
+    let mta3 = picks.iter().filter(|p| *p == "mta3").count();
+    assert_eq!(mta3, 1, "{picks:?}");
+    assert_eq!(host.counter("sent:127.0.0.4:2026-11-22"), Some(1));
+    assert_eq!(
+        host.counter("sent:127.0.0.3:2026-11-22"),
+        None,
+        "mta2 is warm"
+    );
+    // Day 3: both schedules have ended: the pool, reusable, and nothing counted.
+    host.set_now_ms(DAY0 + 3 * DAY);
+    assert_eq!(pool(&plugin.choose_ip(&bulk("d3-0"))), "bulk");
+    assert_eq!(host.counter("sent:127.0.0.4:2026-11-23"), None);
 
     // Day 0's counters expire on their own (TTL two days from creation).
     host.set_now_ms(DAY0 + 10 * HOUR + 2 * DAY);
@@ -269,9 +396,9 @@ fn after_the_schedule_ends_a_source_is_uncapped() {
     let plugin = IpPools::default();
     for i in 0..50 {
         assert_eq!(
-            source(&plugin.choose_ip(&delivery(&format!("m{i}")))),
-            "mta2",
-            "day 2: warm"
+            plugin.choose_ip(&delivery(&format!("m{i}"))),
+            ChooseVerdict::source("mta2").reuse_for(REUSE_MS),
+            "day 2: warm, so the answer is reusable"
         );
     }
     assert!(host.counter_keys().is_empty(), "{:?}", host.counter_keys());
@@ -288,7 +415,7 @@ fn a_single_source_may_stand_for_a_pool_and_waits_under_its_own_name() {
     assert_eq!(
         source(&plugin.choose_ip(&delivery("m1"))),
         "mta4",
-        "before the start: day 0's cap"
+        "before the start: day 0's cap, counted and not reusable"
     );
     let held = plugin.choose_ip(&delivery("m2"));
     assert_eq!(

@@ -520,7 +520,9 @@ impl Delivery {
         let source = if self.0.sources.is_empty() {
             None
         } else {
-            self.0.sources.pick(&choice)
+            self.0
+                .sources
+                .pick(&choice, source::spread_seed(&id.to_string(), &domain))
         };
         let source_ip = source.as_ref().map(|s| s.ip);
         // Only a source with its own EHLO name needs settings of its own.

@@ -3,8 +3,6 @@
 
 use std::net::IpAddr;
 
-use rand::Rng;
-
 use crate::config::Config;
 use crate::policy::{IpChoice, Pool, PoolMember, Source as WitSource};
 
@@ -99,24 +97,28 @@ impl Sources {
 
     /// Resolves a plugin's choice (or, without one, the default pool) to a source. An unknown
     /// name is logged and treated as no choice; `None` lets the operating system pick.
-    pub(crate) fn pick(&self, choice: &IpChoice) -> Option<Source> {
+    ///
+    /// A pool's member is picked by weight with `seed` ([`spread_seed`] of the message and the
+    /// destination), so every attempt of one delivery comes from the same address while
+    /// different messages spread over the pool.
+    pub(crate) fn pick(&self, choice: &IpChoice, seed: u64) -> Option<Source> {
         let name = match choice {
             IpChoice::Source(name) | IpChoice::Pool(name) => Some(name.as_str()),
             IpChoice::NoOpinion => None,
         };
         if let Some(name) = name {
-            match self.by_name(name) {
+            match self.by_name(name, seed) {
                 Some(source) => return Some(source),
                 None => {
                     tracing::warn!(event = "plugin_bad_output", hook = "choose_ip", choice = %name, "no source or pool of that name (or IP); using the default")
                 }
             }
         }
-        self.default.as_deref().and_then(|d| self.by_name(d))
+        self.default.as_deref().and_then(|d| self.by_name(d, seed))
     }
 
-    /// A source by name or IP, or a weighted random member of a pool by name.
-    fn by_name(&self, name: &str) -> Option<Source> {
+    /// A source by name or IP, or a member of a pool by name, by weight with `seed`.
+    fn by_name(&self, name: &str, seed: u64) -> Option<Source> {
         if let Some(source) = self
             .sources
             .iter()
@@ -129,7 +131,8 @@ impl Sources {
         if total == 0 {
             return None;
         }
-        let mut ticket = rand::rng().random_range(0..total);
+        // Multiply-shift maps the seed onto 0..total without the bias of `%`.
+        let mut ticket = u64::try_from((u128::from(seed) * u128::from(total)) >> 64).unwrap_or(0);
         for (i, weight) in members {
             if ticket < u64::from(*weight) {
                 return Some(self.sources[*i].clone());
@@ -138,6 +141,24 @@ impl Sources {
         }
         None
     }
+}
+
+/// A well-mixed 64-bit value per (message, destination domain), stable across attempts,
+/// restarts and builds: FNV-1a over both, then the SplitMix64 finalizer so that ids differing
+/// in one character land far apart.
+pub(crate) fn spread_seed(message_id: &str, domain: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in message_id
+        .bytes()
+        .chain([0xff])
+        .chain(domain.bytes().map(|b| b.to_ascii_lowercase()))
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 #[cfg(test)]
@@ -175,17 +196,18 @@ members = [{ source = "b" }]
     fn sources_are_found_by_name_ip_or_pool() {
         let s = sources();
         assert_eq!(
-            s.pick(&IpChoice::Source("a".into())).map(|x| x.ehlo),
+            s.pick(&IpChoice::Source("a".into()), 0).map(|x| x.ehlo),
             Some("a.relay.test".into())
         );
         assert_eq!(
-            s.pick(&IpChoice::Source("127.0.0.3".into()))
+            s.pick(&IpChoice::Source("127.0.0.3".into()), 0)
                 .map(|x| (x.name, x.ehlo)),
             Some(("b".into(), "relay.test".into())),
             "a source without ehlo uses the relay's EHLO name"
         );
         assert_eq!(
-            s.pick(&IpChoice::Pool("only-b".into())).map(|x| x.name),
+            s.pick(&IpChoice::Pool("only-b".into()), u64::MAX)
+                .map(|x| x.name),
             Some("b".into())
         );
     }
@@ -194,8 +216,9 @@ members = [{ source = "b" }]
     fn no_choice_or_an_unknown_name_uses_the_default_pool_by_weight() {
         let s = sources();
         let mut a = 0;
-        for _ in 0..4000 {
-            let picked = s.pick(&IpChoice::NoOpinion).expect("default pool");
+        for i in 0..4000 {
+            let seed = spread_seed(&format!("01KAQ{i}"), "example.net");
+            let picked = s.pick(&IpChoice::NoOpinion, seed).expect("default pool");
             if picked.name == "a" {
                 a += 1;
             }
@@ -204,6 +227,31 @@ members = [{ source = "b" }]
             (2700..3300).contains(&a),
             "weights 3:1 gave {a} of 4000 to a"
         );
-        assert!(s.pick(&IpChoice::Pool("ghost".into())).is_some());
+        assert!(s.pick(&IpChoice::Pool("ghost".into()), 0).is_some());
+    }
+
+    #[test]
+    fn one_delivery_always_picks_the_same_member() {
+        let s = sources();
+        let seed = spread_seed("01KAQ3ZB6W2T5N8Y4H7J9M0C1D", "Example.NET");
+        assert_eq!(
+            seed,
+            spread_seed("01KAQ3ZB6W2T5N8Y4H7J9M0C1D", "example.net")
+        );
+        let first = s.pick(&IpChoice::Pool("main".into()), seed).expect("pick");
+        for _ in 0..10 {
+            assert_eq!(
+                s.pick(&IpChoice::Pool("main".into()), seed),
+                Some(first.clone())
+            );
+        }
+        // Other destinations of the same message spread too.
+        let names: std::collections::HashSet<String> = (0..64)
+            .filter_map(|i| {
+                let seed = spread_seed("01KAQ3ZB6W2T5N8Y4H7J9M0C1D", &format!("d{i}.test"));
+                s.pick(&IpChoice::Pool("main".into()), seed).map(|x| x.name)
+            })
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }

@@ -43,6 +43,7 @@ mod bindings;
 mod check;
 mod host;
 mod plugin;
+mod reuse;
 mod runtime;
 mod set;
 mod state;
@@ -75,7 +76,7 @@ pub(crate) use bindings::relay::policy::types::{
 };
 
 /// The interface version this relay binds (the WIT package of `plugin-sdk/wit`).
-pub const INTERFACE: &str = "relay:policy@0.1.0";
+pub const INTERFACE: &str = "relay:policy@0.2.0";
 
 /// Plugins' persistent state (key-value with TTL, counters), namespaced by plugin name.
 ///

@@ -13,8 +13,9 @@ use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 
 use super::bindings::{self, PluginPre};
 use super::host::{one_line, HostState, PluginContext};
+use super::reuse::VerdictCache;
 use super::runtime::{ticks_for, Permit, Runtime};
-use super::{Hook, PluginInfo, PluginTable, PolicyError, INTERFACE};
+use super::{ChooseVerdict, Hook, PluginInfo, PluginTable, PolicyError, INTERFACE};
 
 /// Calls an instance serves before it is replaced by a fresh one (linear memory never
 /// shrinks, so this bounds what a leaky plugin can hold).
@@ -155,6 +156,10 @@ pub(super) struct LoadedPlugin {
     /// Wall time spent in those calls in nanoseconds (taking an instance, marshalling,
     /// running the guest and its host calls), by [`hook_index`].
     call_nanos: [AtomicU64; 4],
+    /// `choose_ip` verdicts the plugin allowed to be reused.
+    choices: VerdictCache,
+    /// `choose_ip` answers given from `choices` instead of a call.
+    reused_choices: AtomicU64,
 }
 
 /// One hook's calls into one plugin, for metrics.
@@ -166,6 +171,8 @@ pub(crate) struct HookCalls {
     pub calls: u64,
     /// Wall time spent in them, in seconds.
     pub seconds: f64,
+    /// Answers given without a call, from a verdict the plugin allowed to be reused.
+    pub reused: u64,
 }
 
 /// A plugin file to load.
@@ -383,6 +390,8 @@ pub(super) fn load(
         counts: Default::default(),
         calls: Default::default(),
         call_nanos: Default::default(),
+        choices: VerdictCache::default(),
+        reused_choices: AtomicU64::new(0),
     };
     let info = plugin
         .run(ticks_for(DESCRIBE_BUDGET), |p, store| {
@@ -448,9 +457,27 @@ impl LoadedPlugin {
                     hook: hook_name(hook),
                     calls: self.calls[index].load(Ordering::Relaxed),
                     seconds: self.call_nanos[index].load(Ordering::Relaxed) as f64 / 1e9,
+                    reused: if hook == Hook::ChooseIp {
+                        self.reused_choices.load(Ordering::Relaxed)
+                    } else {
+                        0
+                    },
                 }
             })
             .collect()
+    }
+
+    /// A `choose_ip` verdict this plugin gave earlier for the same `key` (see
+    /// [`super::reuse::key`]) and allowed to be reused until after `now`.
+    pub fn reused_choice(&self, key: &str, now: Instant) -> Option<ChooseVerdict> {
+        let verdict = self.choices.get(key, now)?;
+        self.reused_choices.fetch_add(1, Ordering::Relaxed);
+        Some(verdict)
+    }
+
+    /// Keeps a `choose_ip` verdict for `key` if the plugin allowed reuse.
+    pub fn keep_choice(&self, key: String, verdict: &ChooseVerdict, now: Instant) {
+        self.choices.put(key, verdict, now);
     }
 
     /// Calls `hook` through `f` on a pooled instance, within the time budget; a fault is

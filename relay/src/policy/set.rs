@@ -1,8 +1,10 @@
 //! An immutable, ordered set of plugins and the hook dispatch over it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::plugin::{FaultCounts, HookCalls, LoadedPlugin, Outcome};
+use super::reuse;
 use super::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
     DataVerdict, Fallback, Fallbacks, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply, Tag,
@@ -164,24 +166,41 @@ impl PluginSet {
 
     /// Asks every plugin where the delivery should come from. The choice is the first other
     /// than no-opinion; `not_before` is the latest any plugin asked for (holding is the safe
-    /// side). A fault means no opinion (the default pool).
+    /// side). A fault means no opinion (the default pool). A plugin that allowed its verdict to
+    /// be reused (`reuse-ms`) is not called again for the same sender domain, destination, MX
+    /// host and tags until that runs out.
     pub fn choose_ip(&self, input: &ChooseInput) -> ChooseVerdict {
         let mut choice = IpChoice::NoOpinion;
         let mut not_before: Option<u64> = None;
+        let mut key: Option<String> = None;
+        let now = Instant::now();
         for plugin in self.running(Hook::ChooseIp) {
-            if let Outcome::Done(verdict) = plugin.call(Hook::ChooseIp, |p, store| {
-                p.relay_policy_hooks().call_choose_ip(store, input)
-            }) {
-                if choice == IpChoice::NoOpinion {
-                    choice = verdict.choice;
-                }
-                not_before = match (not_before, verdict.not_before) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
+            let key = key.get_or_insert_with(|| reuse::key(input));
+            let verdict = match plugin.reused_choice(key, now) {
+                Some(verdict) => verdict,
+                None => match plugin.call(Hook::ChooseIp, |p, store| {
+                    p.relay_policy_hooks().call_choose_ip(store, input)
+                }) {
+                    Outcome::Done(verdict) => {
+                        plugin.keep_choice(key.clone(), &verdict, now);
+                        verdict
+                    }
+                    Outcome::Failed | Outcome::Skipped => continue,
+                },
+            };
+            if choice == IpChoice::NoOpinion {
+                choice = verdict.choice;
             }
+            not_before = match (not_before, verdict.not_before) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
         }
-        ChooseVerdict { choice, not_before }
+        ChooseVerdict {
+            choice,
+            not_before,
+            reuse_ms: 0,
+        }
     }
 
     /// Asks the plugins about a failed attempt. The action is the first other than

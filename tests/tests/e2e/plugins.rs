@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_tests::plugins;
+use relay_tests::{metrics, plugins};
 use relay_tests::{
     field, message, new_message_id, relay::run_relay, DnsServer, Net, RelayConfig, RelayProcess,
     Sink, SinkGroup, SmtpClient, Zone, WAIT,
@@ -248,10 +248,14 @@ async fn ip_pools_choose_ip_makes_the_mx_see_the_chosen_source_address() {
 [plugins.ip-pools]\ndefault_pool = \"transactional\"\n\
 [plugins.ip-pools.sender_domains]\n\"news.test\" = \"bulk\"\n"
     );
-    let relay = relay_with_plugins(&sink, &dns, dir.path(), &extra).await;
+    let relay = relay_with_plugins_tuned(&sink, &dns, dir.path(), &extra, |c| {
+        c.set("metrics", "listen", metrics::ANY_PORT)
+    })
+    .await;
     relay
         .wait_for_event("plugin_loaded", &[("plugin", "ip-pools")], WAIT)
         .await;
+    let metrics_addr = metrics::metrics_addr(&relay).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.send_mail("promo@news.test", &["b@rcpt.test"], &body("bulk", "", "x"))
         .await
@@ -277,6 +281,24 @@ async fn ip_pools_choose_ip_makes_the_mx_see_the_chosen_source_address() {
         "other mail uses the default pool"
     );
     assert_eq!(got[1].helo, "tx1.relay.test");
+
+    // Without warm-up caps ip-pools lets its answer be reused for the same sender domain,
+    // destination and tags: another sender at news.test leaves from the bulk pool without a
+    // third call into the plugin, while a new destination domain asks the plugin again.
+    c.send_mail("promo2@news.test", &["c@rcpt.test"], &body("bulk 2", "", "x"))
+        .await
+        .expect("accepted");
+    let got = sink.wait_for(3, WAIT).await;
+    assert_eq!(got[2].peer.ip(), IpAddr::V4(bulk_ip), "the reused answer");
+    let calls = "relay_plugin_calls_total{plugin=\"ip-pools\",hook=\"choose_ip\"}";
+    let reused = "relay_plugin_reused_verdicts_total{plugin=\"ip-pools\",hook=\"choose_ip\"}";
+    metrics::wait_for_values(metrics_addr, &[(calls, 2.0), (reused, 1.0)], WAIT).await;
+    c.send_mail("promo@news.test", &["d@elsewhere.test"], &body("bulk 3", "", "x"))
+        .await
+        .expect("accepted");
+    let got = sink.wait_for(4, WAIT).await;
+    assert_eq!(got[3].peer.ip(), IpAddr::V4(bulk_ip));
+    metrics::wait_for_values(metrics_addr, &[(calls, 3.0), (reused, 1.0)], WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
