@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay_tests::{metrics, plugins};
 use relay_tests::{
     field, message, new_message_id, relay::run_relay, DnsServer, Net, RelayConfig, RelayProcess,
     Sink, SinkGroup, SmtpClient, Zone, WAIT,
 };
+use relay_tests::{metrics, plugins};
 
 /// A relay routing every domain to `sink`, loading plugins from `dir`, with extra TOML.
 async fn relay_with_plugins(sink: &Sink, dns: &DnsServer, dir: &Path, extra: &str) -> RelayProcess {
@@ -285,17 +285,25 @@ async fn ip_pools_choose_ip_makes_the_mx_see_the_chosen_source_address() {
     // Without warm-up caps ip-pools lets its answer be reused for the same sender domain,
     // destination and tags: another sender at news.test leaves from the bulk pool without a
     // third call into the plugin, while a new destination domain asks the plugin again.
-    c.send_mail("promo2@news.test", &["c@rcpt.test"], &body("bulk 2", "", "x"))
-        .await
-        .expect("accepted");
+    c.send_mail(
+        "promo2@news.test",
+        &["c@rcpt.test"],
+        &body("bulk 2", "", "x"),
+    )
+    .await
+    .expect("accepted");
     let got = sink.wait_for(3, WAIT).await;
     assert_eq!(got[2].peer.ip(), IpAddr::V4(bulk_ip), "the reused answer");
     let calls = "relay_plugin_calls_total{plugin=\"ip-pools\",hook=\"choose_ip\"}";
     let reused = "relay_plugin_reused_verdicts_total{plugin=\"ip-pools\",hook=\"choose_ip\"}";
     metrics::wait_for_values(metrics_addr, &[(calls, 2.0), (reused, 1.0)], WAIT).await;
-    c.send_mail("promo@news.test", &["d@elsewhere.test"], &body("bulk 3", "", "x"))
-        .await
-        .expect("accepted");
+    c.send_mail(
+        "promo@news.test",
+        &["d@elsewhere.test"],
+        &body("bulk 3", "", "x"),
+    )
+    .await
+    .expect("accepted");
     let got = sink.wait_for(4, WAIT).await;
     assert_eq!(got[3].peer.ip(), IpAddr::V4(bulk_ip));
     metrics::wait_for_values(metrics_addr, &[(calls, 3.0), (reused, 1.0)], WAIT).await;
