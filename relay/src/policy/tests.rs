@@ -1145,7 +1145,22 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     );
     assert_eq!(
         set.choose_ip(&choose_input).choice,
-        IpChoice::Source("lo".to_string())
+        IpChoice::Pool("bench".to_string()),
+        "an uncapped pool: the relay picks the member"
+    );
+    // A destination not seen before: ip-pools runs (its answer for the bench's single
+    // destination is reused after the first call, as in the relay).
+    let fresh = std::cell::Cell::new(0u64);
+    let fresh_choose_input = || {
+        fresh.set(fresh.get() + 1);
+        ChooseInput {
+            domain: format!("d{}.example.net", fresh.get()),
+            ..choose_input.clone()
+        }
+    };
+    assert_eq!(
+        set.choose_ip(&fresh_choose_input()).choice,
+        IpChoice::Pool("bench".to_string())
     );
 
     let measure = |label: &str, f: &dyn Fn()| time_calls(label, 100_000, f);
@@ -1159,10 +1174,13 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
         set.on_rcpt(&rcpt_input);
     }) + measure("on_data (content-policy), parse included", &|| {
         set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
-    }) + measure("choose_ip (ip-pools)", &|| {
+    }) + measure("choose_ip (ip-pools), answer reused", &|| {
         set.choose_ip(&choose_input);
     });
     eprintln!("per message (sum of the three hooks' medians): {total:.2?}");
+    measure("choose_ip (ip-pools) for a new destination", &|| {
+        set.choose_ip(&fresh_choose_input());
+    });
 
     // In the relay a hook call comes between network, parsing and RocksDB work that pushes the
     // plugin's instance out of the CPU caches; this is the same with the caches cleared first.
@@ -1172,8 +1190,11 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
         set.on_rcpt(&rcpt_input);
     }) + measure("on_data (content-policy), parse included, cold", &|| {
         set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
-    }) + measure("choose_ip (ip-pools), cold caches", &|| {
+    }) + measure("choose_ip (ip-pools), answer reused, cold", &|| {
         set.choose_ip(&choose_input);
     });
     eprintln!("per message with cold caches: {total:.2?}");
+    measure("choose_ip (ip-pools), new destination, cold", &|| {
+        set.choose_ip(&fresh_choose_input());
+    });
 }
