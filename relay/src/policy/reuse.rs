@@ -91,24 +91,14 @@ impl VerdictCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{IpChoice, Tag};
+    use crate::policy::IpChoice;
 
     fn input(sender: &str, domain: &str, mx: &str, tags: &[(&str, &str)]) -> ChooseInput {
         ChooseInput {
-            message_id: "m1".to_string(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| Tag {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
             sender: sender.to_string(),
             domain: domain.to_string(),
             mx_host: mx.to_string(),
-            recipients: 1,
-            sources: Vec::new(),
-            pools: Vec::new(),
+            ..crate::policy::tests::choose(tags)
         }
     }
 

@@ -274,7 +274,7 @@ fn data(from: &str) -> DataInput {
     }
 }
 
-fn choose(tags: &[(&str, &str)]) -> ChooseInput {
+pub(super) fn choose(tags: &[(&str, &str)]) -> ChooseInput {
     ChooseInput {
         message_id: "m1".to_string(),
         tags: tags
