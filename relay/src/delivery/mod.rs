@@ -499,18 +499,30 @@ impl Delivery {
             }
         };
 
+        let id_text = id.to_string();
         let mut choice = IpChoice::NoOpinion;
         if let Some(plugins) = plugins.as_ref().filter(|p| p.implements(Hook::ChooseIp)) {
-            let (sources, pools) = self.0.sources.for_plugins();
-            let verdict = plugins.choose_ip(&ChooseInput {
-                message_id: id.to_string(),
-                tags: hooks::tags(&tags),
-                sender: from.to_string(),
-                domain: domain.clone(),
-                mx_host: targets.first().map(|(h, _)| h.clone()).unwrap_or_default(),
-                recipients: rcpts.len() as u32,
-                sources,
-                pools,
+            let sender = from.to_string();
+            let mx_host = targets.first().map(|(h, _)| h.as_str()).unwrap_or_default();
+            let key = crate::policy::reuse_key(
+                &sender,
+                &domain,
+                mx_host,
+                tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            // Built only when a plugin has to be called, not for a reused answer.
+            let verdict = plugins.choose_ip(&key, || {
+                let (sources, pools) = self.0.sources.for_plugins();
+                ChooseInput {
+                    message_id: id_text.clone(),
+                    tags: hooks::tags(&tags),
+                    sender: sender.clone(),
+                    domain: domain.clone(),
+                    mx_host: mx_host.to_owned(),
+                    recipients: rcpts.len() as u32,
+                    sources,
+                    pools,
+                }
             });
             if let Some(until) = verdict.not_before.filter(|t| *t > now_ms()) {
                 return all(&|| Outcome::Held { until });
@@ -522,7 +534,7 @@ impl Delivery {
         } else {
             self.0
                 .sources
-                .pick(&choice, source::spread_seed(&id.to_string(), &domain))
+                .pick(&choice, source::spread_seed(&id_text, &domain))
         };
         let source_ip = source.as_ref().map(|s| s.ip);
         // Only a source with its own EHLO name needs settings of its own.

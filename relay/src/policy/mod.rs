@@ -60,6 +60,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use check::{check_file, check_plugin, PluginReport};
+pub(crate) use reuse::key as reuse_key;
 pub(crate) use set::PluginSet;
 #[allow(unused_imports)] // part of the API for other state/throttle backends and tests
 pub(crate) use state::MemoryStateStore;

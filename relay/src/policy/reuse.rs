@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{ChooseInput, ChooseVerdict};
+use super::ChooseVerdict;
 
 /// The longest a verdict is kept, whatever the plugin asked.
 pub(super) const MAX_REUSE: Duration = Duration::from_secs(3600);
@@ -20,21 +20,41 @@ const MAX_ENTRIES: usize = 4096;
 /// domain and MX host in lower case, then the tags, each `key U+0001 value`, all separated by
 /// NUL. Neither control character can occur inside: the relay turns control characters in
 /// tags into spaces, and names and addresses cannot hold them.
-pub(crate) fn key(input: &ChooseInput) -> String {
-    let sender_domain = input.sender.rsplit_once('@').map_or("", |(_, d)| d);
-    let mut key =
-        String::with_capacity(sender_domain.len() + input.domain.len() + input.mx_host.len() + 3);
-    for part in [sender_domain, &input.domain, &input.mx_host] {
+///
+/// Made from the relay's own values, so that a reused answer costs no `choose_ip` input.
+pub(crate) fn key<'a>(
+    sender: &str,
+    domain: &str,
+    mx_host: &str,
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let sender_domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+    let mut key = String::with_capacity(sender_domain.len() + domain.len() + mx_host.len() + 3);
+    for part in [sender_domain, domain, mx_host] {
         key.extend(part.chars().map(|c| c.to_ascii_lowercase()));
         key.push('\0');
     }
-    for tag in &input.tags {
-        key.push_str(&tag.key);
+    for (name, value) in tags {
+        key.push_str(name);
         key.push('\u{1}');
-        key.push_str(&tag.value);
+        key.push_str(value);
         key.push('\0');
     }
     key
+}
+
+/// [`key`] of a whole `choose_ip` input.
+#[cfg(test)]
+pub(crate) fn key_of(input: &super::ChooseInput) -> String {
+    key(
+        &input.sender,
+        &input.domain,
+        &input.mx_host,
+        input
+            .tags
+            .iter()
+            .map(|t| (t.key.as_str(), t.value.as_str())),
+    )
 }
 
 /// One plugin's reusable verdicts.
@@ -91,7 +111,7 @@ impl VerdictCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::IpChoice;
+    use crate::policy::{ChooseInput, IpChoice};
 
     fn input(sender: &str, domain: &str, mx: &str, tags: &[(&str, &str)]) -> ChooseInput {
         ChooseInput {
@@ -112,10 +132,10 @@ mod tests {
 
     #[test]
     fn the_key_is_sender_domain_destination_mx_and_tags() {
-        let base = key(&input("a@Shop.test", "gmail.com", "mx.gmail.com", &[]));
+        let base = key_of(&input("a@Shop.test", "gmail.com", "mx.gmail.com", &[]));
         assert_eq!(
             base,
-            key(&input("other@shop.TEST", "GMAIL.com", "MX.gmail.com", &[])),
+            key_of(&input("other@shop.TEST", "GMAIL.com", "MX.gmail.com", &[])),
             "the local part and case do not matter"
         );
         for other in [
@@ -129,14 +149,14 @@ mod tests {
                 &[("pool", "bulk")],
             ),
         ] {
-            assert_ne!(base, key(&other), "{other:?}");
+            assert_ne!(base, key_of(&other), "{other:?}");
         }
         assert_ne!(
-            key(&input("a@shop.test", "gmail.com", "mx", &[("a", "b=c")])),
-            key(&input("a@shop.test", "gmail.com", "mx", &[("a=b", "c")])),
+            key_of(&input("a@shop.test", "gmail.com", "mx", &[("a", "b=c")])),
+            key_of(&input("a@shop.test", "gmail.com", "mx", &[("a=b", "c")])),
             "tag boundaries are kept apart"
         );
-        assert_eq!(key(&input("", "x.test", "", &[])), "\0x.test\0\0");
+        assert_eq!(key_of(&input("", "x.test", "", &[])), "\0x.test\0\0");
     }
 
     #[test]

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::plugin::{FaultCounts, HookCalls, LoadedPlugin, Outcome};
-use super::reuse;
 use super::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
     DataVerdict, Fallback, Fallbacks, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply, Tag,
@@ -166,27 +165,31 @@ impl PluginSet {
 
     /// Asks every plugin where the delivery should come from. The choice is the first other
     /// than no-opinion; `not_before` is the latest any plugin asked for (holding is the safe
-    /// side). A fault means no opinion (the default pool). A plugin that allowed its verdict to
-    /// be reused (`reuse-ms`) is not called again for the same sender domain, destination, MX
-    /// host and tags until that runs out.
-    pub fn choose_ip(&self, input: &ChooseInput) -> ChooseVerdict {
+    /// side). A fault means no opinion (the default pool).
+    ///
+    /// `key` is [`super::reuse::key`] of the delivery: a plugin that allowed its verdict for that key
+    /// to be reused (`reuse-ms`) is not called again until that runs out. `input` builds the
+    /// hook's input, at most once, and only when some plugin has to be called.
+    pub fn choose_ip(&self, key: &str, input: impl Fn() -> ChooseInput) -> ChooseVerdict {
         let mut choice = IpChoice::NoOpinion;
         let mut not_before: Option<u64> = None;
-        let mut key: Option<String> = None;
+        let mut built: Option<ChooseInput> = None;
         let now = Instant::now();
         for plugin in self.running(Hook::ChooseIp) {
-            let key = key.get_or_insert_with(|| reuse::key(input));
             let verdict = match plugin.reused_choice(key, now) {
                 Some(verdict) => verdict,
-                None => match plugin.call(Hook::ChooseIp, |p, store| {
-                    p.relay_policy_hooks().call_choose_ip(store, input)
-                }) {
-                    Outcome::Done(verdict) => {
-                        plugin.keep_choice(key.clone(), &verdict, now);
-                        verdict
+                None => {
+                    let input = built.get_or_insert_with(&input);
+                    match plugin.call(Hook::ChooseIp, |p, store| {
+                        p.relay_policy_hooks().call_choose_ip(store, input)
+                    }) {
+                        Outcome::Done(verdict) => {
+                            plugin.keep_choice(key.to_owned(), &verdict, now);
+                            verdict
+                        }
+                        Outcome::Failed | Outcome::Skipped => continue,
                     }
-                    Outcome::Failed | Outcome::Skipped => continue,
-                },
+                }
             };
             if choice == IpChoice::NoOpinion {
                 choice = verdict.choice;
