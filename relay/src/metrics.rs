@@ -67,6 +67,8 @@ pub(crate) struct Metrics {
     queue: Gauge,
     connections: Gauge,
     connections_refused: Counter,
+    spool_writes: Counter,
+    spool_syncs: Counter,
 }
 
 /// The process-wide metrics (created on first use).
@@ -149,6 +151,19 @@ impl Metrics {
             connections_refused.clone(),
         );
 
+        let spool_writes = Counter::default();
+        registry.register(
+            "relay_spool_writes",
+            "Atomic writes to the spool (a queued message, a delivery outcome), many of which share one fsync",
+            spool_writes.clone(),
+        );
+        let spool_syncs = Counter::default();
+        registry.register(
+            "relay_spool_syncs",
+            "fsyncs of the spool's write-ahead log; relay_spool_writes divided by this is the group commit's batch size",
+            spool_syncs.clone(),
+        );
+
         Metrics {
             received,
             refused_mail_spool: refusal("mail", "spool"),
@@ -164,8 +179,16 @@ impl Metrics {
             queue,
             connections,
             connections_refused,
+            spool_writes,
+            spool_syncs,
             registry,
         }
+    }
+
+    /// The spool wrote `writes` requests in one group, then synced `syncs` times (0 or 1).
+    pub(crate) fn spool_written(&self, writes: usize, syncs: u64) {
+        self.spool_writes.inc_by(writes as u64);
+        self.spool_syncs.inc_by(syncs);
     }
 
     /// A message was queued (after its 250): counted as received and in the queue.

@@ -822,43 +822,55 @@ impl DataEncoder {
     /// Appends the encoding of the next piece of the message to `out`. Pieces may split the
     /// message anywhere, even between a CR and its LF.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &byte in input {
-            if self.pending_cr {
-                self.pending_cr = false;
-                out.extend_from_slice(b"\r\n");
-                self.at_line_start = true;
-                if byte == b'\n' {
-                    continue;
-                }
-            }
-            match byte {
-                b'\r' => self.pending_cr = true,
-                b'\n' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.at_line_start = true;
-                }
-                _ => {
-                    if self.at_line_start && byte == b'.' {
-                        out.push(b'.');
-                    }
-                    out.push(byte);
-                    self.at_line_start = false;
-                }
+        // Line breaks are rare next to text: find each with memchr and copy the text between
+        // them in one piece. Room for a CRLF per 40 bytes covers ordinary mail without a regrow.
+        out.reserve(input.len() + input.len() / 40 + 4);
+        let mut rest = input;
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.line_break(out);
+            if let Some(after_lf) = rest.strip_prefix(b"\n") {
+                rest = after_lf;
             }
         }
+        while let Some(&first) = rest.first() {
+            if self.at_line_start && first == b'.' {
+                out.push(b'.');
+            }
+            let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+            if end > 0 {
+                out.extend_from_slice(&rest[..end]);
+                self.at_line_start = false;
+            }
+            match rest.get(end) {
+                None => return,
+                Some(b'\n') => rest = &rest[end + 1..],
+                // CR: with its LF one line break; alone (bare CR) a line break of its own.
+                Some(_) => match rest.get(end + 1) {
+                    Some(b'\n') => rest = &rest[end + 2..],
+                    Some(_) => rest = &rest[end + 1..],
+                    None => {
+                        // The LF, if any, is in the next piece.
+                        self.pending_cr = true;
+                        return;
+                    }
+                },
+            }
+            self.line_break(out);
+        }
+    }
+
+    fn line_break(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\r\n");
+        self.at_line_start = true;
     }
 
     /// Appends the end of the data section: a CRLF if the message did not end with one, then
     /// `.` CRLF.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.pending_cr {
+        if self.pending_cr || !self.at_line_start {
             self.pending_cr = false;
-            out.extend_from_slice(b"\r\n");
-            self.at_line_start = true;
-        }
-        if !self.at_line_start {
-            out.extend_from_slice(b"\r\n");
-            self.at_line_start = true;
+            self.line_break(out);
         }
         out.extend_from_slice(b".\r\n");
     }
@@ -1036,6 +1048,65 @@ mod tests {
             encoder.encode(&body[split..], &mut out);
             encoder.finish(&mut out);
             assert_eq!(out, whole, "split at {split}");
+        }
+    }
+
+    /// The rules of [`DataEncoder`] applied one byte at a time: what the run-copying encoder
+    /// must produce.
+    fn encode_bytewise(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line_start = true;
+        let mut bytes = body.iter().peekable();
+        while let Some(&byte) = bytes.next() {
+            match byte {
+                b'\r' | b'\n' => {
+                    if byte == b'\r' && bytes.peek() == Some(&&b'\n') {
+                        bytes.next();
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    line_start = true;
+                }
+                _ => {
+                    if line_start && byte == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(byte);
+                    line_start = false;
+                }
+            }
+        }
+        if !line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn encoding_matches_the_bytewise_rules_for_any_text_and_split() {
+        // Bodies drawn from the bytes that matter, plus text, from a fixed-seed generator.
+        let alphabet = b"..\r\n\nab";
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for round in 0..2000 {
+            let len = round % 24;
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    alphabet[(seed >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            let want = encode_bytewise(&body);
+            assert_eq!(encode(&body), want, "{body:?}");
+            for split in 0..=body.len() {
+                let mut out = Vec::new();
+                let mut encoder = DataEncoder::new();
+                encoder.encode(&body[..split], &mut out);
+                encoder.encode(&body[split..], &mut out);
+                encoder.finish(&mut out);
+                assert_eq!(out, want, "{body:?} split at {split}");
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use crate::policy::{
 };
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 use crate::spool::scheduler::Notifier;
-use crate::spool::{now_ms, MessageId, QueueEntry, RcptState, Spool, SpoolError};
+use crate::spool::{now_ms, Durability, MessageId, QueueEntry, RcptState, Spool, SpoolError};
 
 use client::{ClientSettings, Connection, RcptResult, SessionError};
 use mx::{DnsError, MxResolver};
@@ -311,7 +311,9 @@ impl Delivery {
                 dsn_id = Some(new_id);
             }
         }
-        self.0.spool.commit(ops).await?;
+        // The outcome need not be on disk before the next attempt or the next message: a
+        // power failure before its sync can only repeat a delivery (see spool::Durability).
+        self.0.spool.commit(ops, Durability::Soon).await?;
         if let Some(dsn_id) = dsn_id {
             tracing::info!(event = "dsn_queued", msg_id = %id, dsn_id = %dsn_id, "bounce report queued for the sender");
             crate::metrics::global().dsn_queued();

@@ -1,7 +1,10 @@
 //! The durable queue: RocksDB column families for bodies, queue entries and the due-time schedule.
 //!
-//! Invariant: every write goes through the group-commit writer with `sync = true`, so when
-//! [`Spool::insert`] returns the message is in a fsynced WAL and the client may hear `250`.
+//! Invariant: every write goes through the group-commit writer. A new message is written with
+//! [`Durability::Now`], so when [`Spool::insert`] returns it is in a fsynced WAL and the client
+//! may hear `250`. A delivery's outcome is written with [`Durability::Soon`]: in the WAL at
+//! once, on disk within 100 ms; a power failure in between can only make the relay try
+//! again what it already delivered (at-least-once), never lose a message.
 
 mod id;
 pub(crate) mod scheduler;
@@ -21,7 +24,7 @@ use crate::smtp::{Mailbox, ReversePath};
 
 pub use id::MessageId;
 pub(crate) use state::PluginState;
-pub(crate) use writer::Op;
+pub(crate) use writer::{Durability, Op};
 
 /// Column family names; one per purpose (DESIGN.md, "The spool").
 pub(crate) const CF_BODY: &str = "body";
@@ -284,13 +287,18 @@ impl Spool {
             Op::put(CF_QUEUE, id.key().to_vec(), encode(&entry)?),
             Op::put(CF_SCHEDULE, schedule_key(now, id).to_vec(), Vec::new()),
         ];
-        self.commit(ops).await?;
+        self.commit(ops, Durability::Now).await?;
         Ok(entry)
     }
 
-    /// Writes a group of operations atomically and durably (shares one fsync with concurrent callers).
-    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<(), SpoolError> {
-        self.writer.write(ops).await
+    /// Writes a group of operations atomically, as durably as `durability` asks (a synced write
+    /// shares one fsync with concurrent callers).
+    pub(crate) async fn commit(
+        &self,
+        ops: Vec<Op>,
+        durability: Durability,
+    ) -> Result<(), SpoolError> {
+        self.writer.write(ops, durability).await
     }
 
     /// Reads a message's queue entry.
@@ -509,6 +517,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn mailbox(s: &str) -> Mailbox {
         Mailbox::parse(s).expect("valid address")
@@ -561,6 +570,49 @@ mod tests {
     }
 
     #[test]
+    fn a_synced_write_syncs_before_it_returns_and_a_soon_write_within_the_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 0).expect("open");
+        let ops = || {
+            Spool::new_message_ops(ReversePath::Null, mailbox("r@x.test"), b"x".to_vec())
+                .expect("ops")
+        };
+        runtime().block_on(async {
+            let before = spool.writer.syncs();
+            let (now_id, _, now_ops) = ops();
+            spool
+                .commit(now_ops, Durability::Now)
+                .await
+                .expect("commit");
+            assert_eq!(spool.writer.syncs(), before + 1);
+            assert!(spool.entry(now_id).expect("read").is_some());
+
+            let (soon_id, _, soon_ops) = ops();
+            let started = std::time::Instant::now();
+            spool
+                .commit(soon_ops, Durability::Soon)
+                .await
+                .expect("commit");
+            // Readable at once, before any sync.
+            assert!(spool.entry(soon_id).expect("read").is_some());
+            while spool.writer.syncs() == before + 1 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "the soon write was never synced"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(
+                started.elapsed() >= writer::SOON,
+                "synced early: no batching gain"
+            );
+            // One sync for it, and none after: the writer waits for new writes.
+            tokio::time::sleep(writer::SOON * 3).await;
+            assert_eq!(spool.writer.syncs(), before + 2);
+        });
+    }
+
+    #[test]
     fn scan_skips_in_flight_and_reports_the_next_due_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path(), 0).expect("open");
@@ -577,7 +629,7 @@ mod tests {
                     schedule_key(due, id).to_vec(),
                     Vec::new(),
                 ));
-                spool.commit(ops).await.expect("commit");
+                spool.commit(ops, Durability::Now).await.expect("commit");
                 ids.push(id);
             }
             let in_flight: HashSet<_> = [ids[0]].into_iter().collect();
@@ -620,7 +672,7 @@ mod tests {
             let old_due = entry.due_ms;
             entry.recipients[0].state = RcptState::Delivered;
             let ops = Spool::update_ops(id, old_due, &entry).expect("ops");
-            spool.commit(ops).await.expect("commit");
+            spool.commit(ops, Durability::Now).await.expect("commit");
             assert!(spool.entry(id).expect("read").is_none());
             assert!(spool.body(id).expect("read").is_none());
             assert_eq!(spool.count().expect("count"), 0);

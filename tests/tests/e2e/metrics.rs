@@ -1,6 +1,8 @@
 //! The Prometheus endpoint on a live relay: counters move by exactly what the traffic did,
 //! and plugin faults, calls and quarantine show up from the plugin set.
 
+use std::time::Duration;
+
 use relay_tests::metrics::{self, metrics_addr, wait_for_values, ANY_PORT};
 use relay_tests::{
     message, new_message_id, plugins, DnsServer, Net, RelayConfig, RelayProcess, Sink, SmtpClient,
@@ -38,6 +40,8 @@ async fn metrics_count_received_delivered_bounced_and_dsn_messages() {
         ("relay_queue_messages", 0.0),
         ("relay_smtp_connections", 0.0),
         ("relay_plugins_loaded", 0.0),
+        ("relay_spool_writes_total", 0.0),
+        ("relay_spool_syncs_total", 0.0),
     ] {
         assert_eq!(before.value(series), value, "{series}\n{}", before.text);
     }
@@ -79,10 +83,19 @@ async fn metrics_count_received_delivered_bounced_and_dsn_messages() {
                 "relay_messages_refused_total{stage=\"rcpt\",reason=\"policy\"}",
                 0.0,
             ),
+            // Two messages queued, then three outcomes (delivered; bounced, with the DSN
+            // queued in the same write; the DSN delivered).
+            ("relay_spool_writes_total", 5.0),
         ],
         WAIT,
     )
     .await;
+    // Each accepted message was synced before its 250 (one client, one at a time: no
+    // sharing). The outcomes are synced with the next message or within 100 ms, so the last
+    // ones got a sync of their own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let syncs = metrics::scrape(addr).await.value("relay_spool_syncs_total");
+    assert!((3.0..=5.0).contains(&syncs), "{syncs} syncs for 5 writes");
     let delivered: Vec<_> = sink.messages().iter().map(|t| t.rcpts.clone()).collect();
     assert!(
         delivered.contains(&vec!["a@sender.test".to_string()]),
