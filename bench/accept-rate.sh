@@ -20,135 +20,39 @@
 # Every process it starts is stopped on exit, and its temp dir removed.
 set -euo pipefail
 
-: "${CARGO_TARGET_DIR:=$HOME/.cache/relay-target}"
-export CARGO_TARGET_DIR
+ME=accept-rate
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 RELAY=${1:-$CARGO_TARGET_DIR/release/relay}
-LOADGEN=$CARGO_TARGET_DIR/release/loadgen
-COUNTSINK=$CARGO_TARGET_DIR/release/countsink
 SIZE=${SIZE:-2048}
 RUNS=${RUNS:-"1:2000 10:5000 50:10000"}
 E2E_MESSAGES=${E2E_MESSAGES:-10000}
 E2E_SESSIONS=${E2E_SESSIONS:-50}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
-
-if [[ ! -x $RELAY ]]; then
-    echo "accept-rate: no relay binary at $RELAY (build it: cargo build --release -p relay)" >&2
-    exit 2
-fi
-if [[ ! -x $LOADGEN || ! -x $COUNTSINK ]]; then
-    (cd "$(dirname "$0")/.." && cargo build --release -p relay-bench)
-fi
+need_tools "$RELAY"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-bench.XXXXXX")
-PIDS=()
-
-# Stops one process we started: TERM, up to 10 s, then KILL.
-stop() {
-    local pid=$1
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        stop "$pid"
-    done
-    [[ -n "${KEEP_TMP:-}" ]] && echo "kept $TMP" || rm -rf "$TMP"
+    stop_started
+    if [[ -n "${KEEP_TMP:-}" ]]; then
+        echo "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for FILE REGEX PID SECS: prints the first line of FILE matching REGEX,
-# failing if PID exits or SECS pass first.
-wait_for() {
-    local file=$1 regex=$2 pid=$3 secs=$4 line
-    for _ in $(seq $((secs * 10))); do
-        line=$(grep -m1 -E "$regex" "$file" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            echo "$line"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "accept-rate: no line matching '$regex' in $file after ${secs}s; it says:" >&2
-    tail -n 20 "$file" >&2
-    return 1
-}
-
-# json FILE KEY: the first numeric value of "KEY" in a one-line JSON file ("-" if absent or null).
-json() {
-    local v
-    v=$(grep -o "\"$2\":[-0-9.eE+]*" "$1" | head -n1 | cut -d: -f2)
-    echo "${v:--}"
-}
-
 # start_stack NAME [countsink flags...]: a countsink and a relay routing every
-# domain to it; sets SINK_PID, SINK_OUT, SINK_ERR, RELAY_PID, RELAY_ADDR.
+# domain to it; sets SINK_PID, SINK_OUT, SINK_ERR, RELAY_PID, RELAY_ADDR, METRICS_ADDR.
 start_stack() {
     local dir=$TMP/$1
     shift
     mkdir -p "$dir"
-    SINK_OUT=$dir/sink.out
-    SINK_ERR=$dir/sink.err
-    "$COUNTSINK" --listen 127.0.0.1:0 "$@" >"$SINK_OUT" 2>"$SINK_ERR" &
-    SINK_PID=$!
-    PIDS+=("$SINK_PID")
-    local sink_addr
-    sink_addr=$(wait_for "$SINK_OUT" '^listening on ' "$SINK_PID" 10)
-    sink_addr=${sink_addr#listening on }
-
-    cat >"$dir/relay.toml" <<EOF
-[server]
-listen = ["127.0.0.1:0"]
-hostname = "relay.bench"
-max_connections_per_ip = 1000
-
-[spool]
-path = "$dir/spool"
-min_free_space = 0
-
-[delivery]
-max_connections_per_destination = 20
-
-[[route]]
-domain = "*"
-next_hop = "$sink_addr"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[log]
-format = "json"
-# Warnings, plus the serve module's info lines, of which we need "listening".
-level = "warn,relay::serve=info"
-EOF
-    # EXTRA_CONFIG: a TOML file appended to the relay config (bench/plugins.toml loads the
-    # four shipped plugins; @PLUGIN_DIR@ and @CACHE_DIR@ are filled in).
-    if [[ -n "${EXTRA_CONFIG:-}" ]]; then
-        sed -e "s|@PLUGIN_DIR@|$dir/plugins|" -e "s|@CACHE_DIR@|${PLUGIN_CACHE:-$dir/plugin-cache}|" \
-            "$EXTRA_CONFIG" >>"$dir/relay.toml"
-        mkdir -p "$dir/plugins"
-        local wasm_dir=${CARGO_TARGET_DIR:-$HOME/.cache/relay-target}/wasm32-wasip2/release
-        for p in ${PLUGINS-rate-limit ip-pools suppression content-policy}; do
-            cp "$wasm_dir/${p//-/_}.wasm" "$dir/plugins/$p.wasm"
-        done
-    fi
-    "$RELAY" serve --config "$dir/relay.toml" >/dev/null 2>"$dir/relay.log" &
-    RELAY_PID=$!
-    PIDS+=("$RELAY_PID")
-    local line
-    line=$(wait_for "$dir/relay.log" '"event":"listening"' "$RELAY_PID" 60)
-    RELAY_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
-    line=$(wait_for "$dir/relay.log" '"event":"metrics_listening"' "$RELAY_PID" 10)
-    METRICS_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
+    start_sink "$dir" "$@"
+    start_relay "$dir" "$SINK_ADDR" "${EXTRA_CONFIG:-}"
 }
 
 # plugin_costs MESSAGES: each plugin hook's calls and wall time from the relay's metrics, per
@@ -170,24 +74,6 @@ plugin_costs() {
             }
             if (found) printf "  plugins in all: %.2f us of hook calls per message\n", total / n * 1e6
         }' <<<"$metrics"
-}
-
-# The countsink's message count from its last --progress line.
-sink_count() {
-    local n
-    n=$(grep -o ' [0-9]* messages' "$SINK_ERR" 2>/dev/null | tail -n1 | tr -dc 0-9)
-    echo "${n:-0}"
-}
-
-# drain TOTAL: waits until the sink has TOTAL messages (or DRAIN_TIMEOUT passes).
-drain() {
-    local total=$1
-    for _ in $(seq $((DRAIN_TIMEOUT * 10))); do
-        (($(sink_count) >= total)) && return 0
-        sleep 0.1
-    done
-    echo "accept-rate: the sink has $(sink_count) of $total messages after ${DRAIN_TIMEOUT}s" >&2
-    return 1
 }
 
 failed=0
@@ -220,11 +106,6 @@ done
 stop "$RELAY_PID"
 stop "$SINK_PID"
 echo
-
-# cpu_ticks PID: user and system clock ticks the process has used so far.
-cpu_ticks() {
-    awk '{print $14, $15}' "/proc/$1/stat"
-}
 
 # 2. End to end, on a fresh relay and spool.
 start_stack e2e --expect "$E2E_MESSAGES" --timeout $((DRAIN_TIMEOUT + 120)) --json

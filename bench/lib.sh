@@ -1,0 +1,179 @@
+# Shell functions shared by the benchmark scripts; sourced, never run.
+#
+# The sourcing script sets ME (its name, for messages), TMP (its temp dir) and, for drain,
+# DRAIN_TIMEOUT (s). Every process started here is recorded in PIDS; stop forgets a process
+# once it is gone, so that stop_started, on exit, never signals a PID that was reused.
+# shellcheck shell=bash disable=SC2034 # the variables set here are for the sourcing scripts
+
+: "${CARGO_TARGET_DIR:=$HOME/.cache/relay-target}"
+export CARGO_TARGET_DIR
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LOADGEN=$CARGO_TARGET_DIR/release/loadgen
+COUNTSINK=$CARGO_TARGET_DIR/release/countsink
+PIDS=()
+
+# need_tools [RELAY]: fails unless RELAY (when given) is executable; builds loadgen and countsink
+# if missing.
+need_tools() {
+    if [[ $# -gt 0 && ! -x $1 ]]; then
+        echo "$ME: no relay binary at $1 (build it: cargo build --release -p relay)" >&2
+        exit 2
+    fi
+    if [[ ! -x $LOADGEN || ! -x $COUNTSINK ]]; then
+        (cd "$BENCH_DIR/.." && cargo build --release -p relay-bench)
+    fi
+}
+
+# Stops one process we started: TERM, up to 10 s, then KILL.
+stop() {
+    local pid=$1 p kept=()
+    if kill "$pid" 2>/dev/null; then
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do
+        [[ $p == "$pid" ]] || kept+=("$p")
+    done
+    PIDS=("${kept[@]}")
+}
+
+# stop_started: stops every process we started that is still recorded.
+stop_started() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        stop "$pid"
+    done
+}
+
+# wait_for FILE REGEX PID SECS: prints the first line of FILE matching REGEX,
+# failing if PID exits or SECS pass first.
+wait_for() {
+    local file=$1 regex=$2 pid=$3 secs=$4 line
+    for _ in $(seq $((secs * 10))); do
+        line=$(grep -m1 -E "$regex" "$file" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            echo "$line"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$ME: no line matching '$regex' in $file after ${secs}s; it says:" >&2
+    tail -n 20 "$file" >&2
+    return 1
+}
+
+# json FILE KEY: the first numeric value of "KEY" in a one-line JSON file ("-" if absent or null).
+json() {
+    local v
+    v=$(grep -o "\"$2\":[-0-9.eE+]*" "$1" | head -n1 | cut -d: -f2)
+    echo "${v:--}"
+}
+
+# start_sink DIR [countsink flags...]: a countsink on a free loopback port, writing DIR/sink.out
+# and DIR/sink.err; sets SINK_PID, SINK_OUT, SINK_ERR and SINK_ADDR.
+start_sink() {
+    local dir=$1
+    shift
+    SINK_OUT=$dir/sink.out
+    SINK_ERR=$dir/sink.err
+    "$COUNTSINK" --listen 127.0.0.1:0 "$@" >"$SINK_OUT" 2>"$SINK_ERR" &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    SINK_ADDR=$(wait_for "$SINK_OUT" '^listening on ' "$SINK_PID" 10)
+    SINK_ADDR=${SINK_ADDR#listening on }
+}
+
+# start_relay DIR SINK_ADDR [EXTRA_CONFIG] [RELAY]: the relay (default $RELAY) with its config,
+# spool and log in DIR, routing every domain to SINK_ADDR; sets RELAY_PID, RELAY_ADDR and
+# METRICS_ADDR. EXTRA_CONFIG: a TOML file appended to the config (bench/plugins.toml loads the
+# shipped plugins; @PLUGIN_DIR@ and @CACHE_DIR@ are filled in). With it, PLUGINS names the
+# plugins to install ("" for none) and PLUGIN_CACHE the compiled-plugin cache (default: a fresh
+# one in DIR).
+start_relay() {
+    local dir=$1 sink_addr=$2 extra=${3:-} relay=${4:-$RELAY}
+    cat >"$dir/relay.toml" <<EOF
+[server]
+listen = ["127.0.0.1:0"]
+hostname = "relay.bench"
+max_connections_per_ip = 1000
+
+[spool]
+path = "$dir/spool"
+min_free_space = 0
+
+[delivery]
+max_connections_per_destination = 20
+
+[[route]]
+domain = "*"
+next_hop = "$sink_addr"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[log]
+format = "json"
+# Warnings, plus the serve module's info lines, of which we need "listening".
+level = "warn,relay::serve=info"
+EOF
+    if [[ -n $extra ]]; then
+        sed -e "s|@PLUGIN_DIR@|$dir/plugins|" -e "s|@CACHE_DIR@|${PLUGIN_CACHE:-$dir/plugin-cache}|" \
+            "$extra" >>"$dir/relay.toml"
+        mkdir -p "$dir/plugins"
+        local wasm_dir=$CARGO_TARGET_DIR/wasm32-wasip2/release p
+        for p in ${PLUGINS-rate-limit ip-pools suppression content-policy}; do
+            cp "$wasm_dir/${p//-/_}.wasm" "$dir/plugins/$p.wasm"
+        done
+    fi
+    "$relay" serve --config "$dir/relay.toml" >/dev/null 2>"$dir/relay.log" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    local line
+    line=$(wait_for "$dir/relay.log" '"event":"listening"' "$RELAY_PID" 60)
+    RELAY_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
+    line=$(wait_for "$dir/relay.log" '"event":"metrics_listening"' "$RELAY_PID" 10)
+    METRICS_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
+}
+
+# The countsink's message count from its last --progress line.
+sink_count() {
+    local n
+    n=$(grep -o ' [0-9]* messages' "$SINK_ERR" 2>/dev/null | tail -n1 | tr -dc 0-9)
+    echo "${n:-0}"
+}
+
+# drain TOTAL: waits until the sink has TOTAL messages (or DRAIN_TIMEOUT passes).
+drain() {
+    local total=$1
+    for _ in $(seq $((DRAIN_TIMEOUT * 10))); do
+        (($(sink_count) >= total)) && return 0
+        sleep 0.1
+    done
+    echo "$ME: the sink has $(sink_count) of $total messages after ${DRAIN_TIMEOUT}s" >&2
+    return 1
+}
+
+# free_port: a loopback port below the ephemeral range (so no outgoing connection holds it) on
+# which nothing listens now.
+free_port() {
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 12000))
+        if ! (: <>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "$ME: no free loopback port found in 20000-31999" >&2
+    return 1
+}
+
+# cpu_ticks PID: user and system clock ticks the process has used so far.
+cpu_ticks() {
+    awk '{print $14, $15}' "/proc/$1/stat"
+}
