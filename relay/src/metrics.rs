@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::policy::Policy;
+use crate::spool::Spool;
 
 /// Longest request head (request line and headers) the endpoint reads; longer gets `431`.
 const MAX_HEAD: usize = 8 * 1024;
@@ -386,6 +387,38 @@ impl Collector for PluginCollector {
     }
 }
 
+/// The spool's memory, read from RocksDB when a scrape arrives.
+struct SpoolCollector {
+    spool: Spool,
+}
+
+impl fmt::Debug for SpoolCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolCollector").finish()
+    }
+}
+
+impl Collector for SpoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let memory = self.spool.memory();
+        let mut family = encoder.encode_descriptor(
+            "relay_spool_memory",
+            "Memory RocksDB holds for the spool, by kind: memtables (all column families, bounded by a 64 MiB budget), block_cache (data, index and filter blocks, 32 MiB), table_readers (outside the cache)",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        for (kind, bytes) in [
+            ("memtables", memory.memtables),
+            ("block_cache", memory.block_cache),
+            ("table_readers", memory.table_readers),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));
+            gauge.encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// What `GET /metrics` serves: the relay's metrics and the plugins' state.
 pub(crate) struct Endpoint {
     metrics: &'static Metrics,
@@ -393,9 +426,14 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint for the global metrics and `policy`'s plugins (none without plugins).
-    pub(crate) fn new(policy: Option<Policy>) -> Endpoint {
-        Endpoint::with_metrics(global(), policy)
+    /// An endpoint for the global metrics, the spool's memory and `policy`'s plugins (none
+    /// without plugins).
+    pub(crate) fn new(spool: Spool, policy: Option<Policy>) -> Endpoint {
+        let mut endpoint = Endpoint::with_metrics(global(), policy);
+        endpoint
+            .plugins
+            .register_collector(Box::new(SpoolCollector { spool }));
+        endpoint
     }
 
     fn with_metrics(metrics: &'static Metrics, policy: Option<Policy>) -> Endpoint {

@@ -76,7 +76,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .await
             .map_err(|source| StartError::MetricsListen { addr, source })?;
         tracing::info!(event = "metrics_listening", addr = %bound, "serving GET /metrics");
-        let endpoint = Arc::new(metrics::Endpoint::new(policy.clone()));
+        let endpoint = Arc::new(metrics::Endpoint::new(spool.clone(), policy.clone()));
         tokio::spawn(metrics::serve(listener, endpoint));
     }
 

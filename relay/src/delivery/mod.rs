@@ -292,6 +292,9 @@ impl Delivery {
             expires_ms,
             plugins.as_deref(),
         );
+        // A schedule key is never written in the past: the scheduler's scans start a few
+        // seconds before their last start (spool::scheduler), and would miss it.
+        entry.due_ms = entry.due_ms.max(now_ms());
         let mut ops = Spool::update_ops(id, old_due, &entry)?;
         let mut dsn_id = None;
         if !bounced.is_empty() {

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    ReadOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::smtp::{Mailbox, ReversePath};
@@ -25,6 +28,35 @@ use crate::smtp::{Mailbox, ReversePath};
 pub use id::MessageId;
 pub(crate) use state::PluginState;
 pub(crate) use writer::{Durability, Op};
+
+/// All memtables together (RocksDB flushes the largest when they pass it).
+const MEMTABLE_BUDGET: usize = 64 * 1024 * 1024;
+/// WAL size past which RocksDB flushes the column families that keep old WAL files alive.
+const MAX_WAL_BYTES: u64 = 256 * 1024 * 1024;
+/// The block cache shared by every column family, table indexes and filters included.
+const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Table options with `cache` for data, index and filter blocks, so the memory tables take is
+/// bounded by the cache, not by how many tables the queue fills.
+pub(super) fn table_options(cache: &Cache) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    // The newest tables are read most (new messages, due keys): keep theirs resident.
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
+/// Bytes of memory RocksDB uses for the spool, by kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolMemory {
+    /// Memtables of every column family (bounded by the memtable budget).
+    pub memtables: u64,
+    /// Table readers outside the block cache.
+    pub table_readers: u64,
+    /// The shared block cache: data, index and filter blocks.
+    pub block_cache: u64,
+}
 
 /// Column family names; one per purpose (DESIGN.md, "The spool").
 pub(crate) const CF_BODY: &str = "body";
@@ -219,6 +251,19 @@ impl Spool {
         options.create_missing_column_families(true);
         options.set_max_background_jobs(2);
         options.set_keep_log_file_num(4);
+        // Memory must not grow with queue depth. RocksDB's defaults let each column family
+        // hold two 64 MiB memtables and keep table indexes outside any cache; measured, that
+        // took the relay from 30 MiB to 550 MiB while 1M messages were queued. One budget
+        // for all memtables, and one block cache that also holds indexes and filters:
+        options.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        // A column family that is rarely written (meta) would otherwise pin every WAL file
+        // until the WAL reached gigabytes, and a restart would replay it all.
+        options.set_max_total_wal_size(MAX_WAL_BYTES);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let with_cache = |mut options: Options| {
+            options.set_block_based_table_factory(&table_options(&cache));
+            options
+        };
         let mut body_options = Options::default();
         // Bodies are written once, read once or twice and deleted: keep big values out of
         // compaction rewrites.
@@ -226,11 +271,11 @@ impl Spool {
         body_options.set_min_blob_size(4096);
         body_options.set_enable_blob_gc(true);
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_BODY, body_options),
-            ColumnFamilyDescriptor::new(CF_QUEUE, Options::default()),
-            ColumnFamilyDescriptor::new(CF_SCHEDULE, Options::default()),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
-            ColumnFamilyDescriptor::new(CF_PLUGIN_STATE, state::cf_options()),
+            ColumnFamilyDescriptor::new(CF_BODY, with_cache(body_options)),
+            ColumnFamilyDescriptor::new(CF_QUEUE, with_cache(Options::default())),
+            ColumnFamilyDescriptor::new(CF_SCHEDULE, with_cache(Options::default())),
+            ColumnFamilyDescriptor::new(CF_META, with_cache(Options::default())),
+            ColumnFamilyDescriptor::new(CF_PLUGIN_STATE, state::cf_options(&cache)),
         ];
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(|e| SpoolError::Open {
             path: path.to_path_buf(),
@@ -427,6 +472,33 @@ impl Spool {
             scan.due.push(id);
         }
         Ok(scan)
+    }
+
+    /// What RocksDB holds in memory now, for the metrics.
+    pub fn memory(&self) -> SpoolMemory {
+        let sum = |property: &str| {
+            [CF_BODY, CF_QUEUE, CF_SCHEDULE, CF_META, CF_PLUGIN_STATE]
+                .iter()
+                .filter_map(|name| self.db.cf_handle(name))
+                .filter_map(|cf| self.db.property_int_value_cf(cf, property).ok().flatten())
+                .sum()
+        };
+        SpoolMemory {
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            // One cache serves every column family but the unused default one (asking the
+            // database, not a column family, would read the default one's).
+            block_cache: self
+                .db
+                .cf_handle(CF_QUEUE)
+                .and_then(|cf| {
+                    self.db
+                        .property_int_value_cf(cf, "rocksdb.block-cache-usage")
+                        .ok()
+                        .flatten()
+                })
+                .unwrap_or(0),
+        }
     }
 
     /// Number of messages in the queue (walks the queue column family; for tools and tests).

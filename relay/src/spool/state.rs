@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rocksdb::{BlockBasedOptions, CompactionDecision, Options, DB};
+use rocksdb::{Cache, CompactionDecision, Options, DB};
 
 use super::{now_ms, CF_PLUGIN_STATE};
 use crate::policy::StateStore;
@@ -30,7 +30,7 @@ const PERIODIC_COMPACTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// on disk forever. Removing one early is invisible: the reader treats it as absent already.
 /// What is still in the memtable is filtered once it is flushed and compacted; the memtable
 /// itself is bounded by the write buffer size.
-pub(super) fn cf_options() -> Options {
+pub(super) fn cf_options(cache: &Cache) -> Options {
     let mut options = Options::default();
     options.set_compaction_filter("relay-plugin-state-expiry", |_level, _key, value: &[u8]| {
         match expiry_of(value) {
@@ -43,7 +43,7 @@ pub(super) fn cf_options() -> Options {
     // Most reads ask for a key that is not there (a recipient that is not suppressed, a
     // counter not yet made): bloom filters answer those without searching the memtable's
     // skip list or reading index blocks of each file.
-    let mut table = BlockBasedOptions::default();
+    let mut table = super::table_options(cache);
     table.set_bloom_filter(10.0, false);
     table.set_whole_key_filtering(true);
     options.set_block_based_table_factory(&table);

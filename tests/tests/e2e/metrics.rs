@@ -42,6 +42,7 @@ async fn metrics_count_received_delivered_bounced_and_dsn_messages() {
         ("relay_plugins_loaded", 0.0),
         ("relay_spool_writes_total", 0.0),
         ("relay_spool_syncs_total", 0.0),
+        ("relay_spool_memory_bytes{kind=\"table_readers\"}", 0.0),
     ] {
         assert_eq!(before.value(series), value, "{series}\n{}", before.text);
     }
@@ -96,6 +97,12 @@ async fn metrics_count_received_delivered_bounced_and_dsn_messages() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let syncs = metrics::scrape(addr).await.value("relay_spool_syncs_total");
     assert!((3.0..=5.0).contains(&syncs), "{syncs} syncs for 5 writes");
+    // The messages went through the memtables.
+    assert!(
+        after.value("relay_spool_memory_bytes{kind=\"memtables\"}") > 0.0,
+        "{}",
+        after.text
+    );
     let delivered: Vec<_> = sink.messages().iter().map(|t| t.rcpts.clone()).collect();
     assert!(
         delivered.contains(&vec!["a@sender.test".to_string()]),
