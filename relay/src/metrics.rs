@@ -422,7 +422,8 @@ impl Collector for SpoolCollector {
 /// What `GET /metrics` serves: the relay's metrics and the plugins' state.
 pub(crate) struct Endpoint {
     metrics: &'static Metrics,
-    plugins: Registry,
+    /// Collectors read at scrape time: the plugins' state and the spool's memory.
+    collectors: Registry,
 }
 
 impl Endpoint {
@@ -431,22 +432,25 @@ impl Endpoint {
     pub(crate) fn new(spool: Spool, policy: Option<Policy>) -> Endpoint {
         let mut endpoint = Endpoint::with_metrics(global(), policy);
         endpoint
-            .plugins
+            .collectors
             .register_collector(Box::new(SpoolCollector { spool }));
         endpoint
     }
 
     fn with_metrics(metrics: &'static Metrics, policy: Option<Policy>) -> Endpoint {
-        let mut plugins = Registry::default();
-        plugins.register_collector(Box::new(PluginCollector { policy }));
-        Endpoint { metrics, plugins }
+        let mut collectors = Registry::default();
+        collectors.register_collector(Box::new(PluginCollector { policy }));
+        Endpoint {
+            metrics,
+            collectors,
+        }
     }
 
     /// The exposition in the OpenMetrics text format.
     fn render(&self) -> Result<String, fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);
         encode_registry(&mut out, &self.metrics.registry)?;
-        encode_registry(&mut out, &self.plugins)?;
+        encode_registry(&mut out, &self.collectors)?;
         encode_eof(&mut out)?;
         Ok(out)
     }

@@ -173,16 +173,16 @@ fn run(db: &DB, rx: &mpsc::Receiver<Request>, syncs: &AtomicU64) {
         }
         let sync = group.iter().any(|r| r.durability == Durability::Now);
         let result = write_group(db, &mut group, if sync { &synced } else { &unsynced });
-        if sync {
-            // The fsync covered every earlier write too.
+        // A synced write's fsync covered every earlier write too; a failed one synced nothing,
+        // so earlier unsynced writes keep their deadline.
+        let synced_now = sync && result.is_ok();
+        if synced_now {
             sync_by = None;
-        } else if sync_by.is_none() {
+            syncs.fetch_add(1, Ordering::Relaxed);
+        } else if sync_by.is_none() && !sync {
             sync_by = Some(Instant::now() + SOON);
         }
-        if sync {
-            syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        crate::metrics::global().spool_written(group.len(), u64::from(sync));
+        crate::metrics::global().spool_written(group.len(), u64::from(synced_now));
         tracing::trace!(requests = group.len(), bytes, sync, "spool group commit");
         for request in group {
             let _ = request.done.send(result.clone());
