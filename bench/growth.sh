@@ -14,8 +14,8 @@
 # The queue is filled in stages with loadgen to each of DEPTHS. Before each probe the script
 # checks the relay's relay_queue_messages and relay_deliveries_total{result="deferred"}
 # (every fill message queued and tried once), waits until PROBE_DELAY s have passed since the
-# fill (the scheduler's scans start 60 s back in the schedule, so for a minute after a fill they
-# walk the fill's deleted schedule keys: PROBE_DELAY=0 measures that, the default 65 the depth
+# fill (the scheduler's scans start 5 s back in the schedule, so for a moment after a fill they
+# walk the fill's deleted schedule keys; PROBE_DELAY=0 measures that, the default 65 the depth
 # alone), then waits for the relay's CPU use to settle (RocksDB flushes and compactions). Each probe reports accept rate, p50/p99 end-of-DATA->250
 # latency, end-to-end rate, relay CPU s per 1,000 probe messages, VmRSS before and after the
 # probe, VmHWM and the spool's size on disk. Last (RESTART=1), the relay is restarted on the
@@ -32,11 +32,10 @@
 # Every process it starts is stopped on exit (Ctrl-C included), and its temp dir removed.
 set -euo pipefail
 
-: "${CARGO_TARGET_DIR:=$HOME/.cache/relay-target}"
-export CARGO_TARGET_DIR
+ME=growth
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 RELAY_SRC=${1:-$CARGO_TARGET_DIR/release/relay}
-LOADGEN=$CARGO_TARGET_DIR/release/loadgen
-COUNTSINK=$CARGO_TARGET_DIR/release/countsink
 DEPTHS=${DEPTHS:-"0 100000 1000000"}
 SIZE=${SIZE:-2048}
 FILL_SESSIONS=${FILL_SESSIONS:-50}
@@ -59,11 +58,8 @@ die() {
     exit 1
 }
 
-[[ -x $RELAY_SRC ]] || die "no relay binary at $RELAY_SRC (build it: cargo build --release -p relay)"
+need_tools "$RELAY_SRC"
 command -v curl >/dev/null || die "needs curl to read the relay's metrics"
-if [[ ! -x $LOADGEN || ! -x $COUNTSINK ]]; then
-    (cd "$(dirname "$0")/.." && cargo build --release -p relay-bench)
-fi
 previous=-1
 for depth in $DEPTHS; do
     [[ $depth =~ ^[0-9]+$ ]] || die "DEPTHS: '$depth' is not a number"
@@ -74,10 +70,9 @@ MAX_DEPTH=$previous
 ((MAX_DEPTH >= 0)) || die "DEPTHS is empty"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-growth.XXXXXX")
-PIDS=()
 
 # Each stored message takes its size plus ~1 KB of queue entry, keys and our Received: header;
-# twice that covers RocksDB's write-ahead log (up to 3 GiB, see README) and compactions.
+# twice that covers RocksDB's write-ahead log (at most 256 MiB) and compactions, with room.
 need=$((MAX_DEPTH * (SIZE + 1024) * 2 + MIN_FREE))
 avail=$(df --output=avail -B1 "$TMP" | tail -n1 | tr -dc 0-9)
 if ((avail < need)); then
@@ -85,40 +80,8 @@ if ((avail < need)); then
     die "$((need >> 20)) MiB of free space needed in ${TMPDIR:-/tmp} for a queue of $MAX_DEPTH, $((avail >> 20)) MiB free"
 fi
 
-# running PID: true while PID is one of our background processes and has not exited. Bash reaps
-# exited children at once, after which the PID may be reused (pid_max is 32768 here): never
-# signal a PID without asking this first.
-running() {
-    local r
-    r=$(jobs -rp)
-    grep -qx "$1" <<<"$r"
-}
 
-# Stops one process we started: TERM, up to SECS (default 10) s, then KILL; then forgets it.
-stop() {
-    local pid=$1 secs=${2:-10}
-    if running "$pid"; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq $((secs * 10))); do
-            running "$pid" || break
-            sleep 0.1
-        done
-        if running "$pid"; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-    untrack "$pid"
-}
 
-# untrack PID: a process that has exited and been waited for.
-untrack() {
-    local kept=() p
-    for p in "${PIDS[@]}"; do
-        [[ $p == "$1" ]] || kept+=("$p")
-    done
-    PIDS=("${kept[@]}")
-}
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -136,23 +99,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for FILE REGEX PID SECS: prints the first line of FILE matching REGEX,
-# failing if PID exits or SECS pass first.
-wait_for() {
-    local file=$1 regex=$2 pid=$3 secs=$4 line
-    for _ in $(seq $((secs * 10))); do
-        line=$(grep -m1 -E "$regex" "$file" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            echo "$line"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "growth: no line matching '$regex' in $file after ${secs}s; it says:" >&2
-    tail -n 20 "$file" >&2
-    return 1
-}
 
 # wait_exit PID SECS: waits for a process we started to exit, up to SECS; then stops it and
 # fails. Returns the process's exit status.
@@ -171,27 +117,7 @@ wait_exit() {
     return 124
 }
 
-# json FILE KEY: the first numeric value of "KEY" in a one-line JSON file ("-" if absent or null).
-json() {
-    local v
-    v=$(grep -o "\"$2\":[-0-9.eE+]*" "$1" | head -n1 | cut -d: -f2)
-    echo "${v:--}"
-}
 
-# free_port: a loopback port below the ephemeral range (so no outgoing connection takes it, and
-# a connect to it cannot connect to itself) on which nothing listens now.
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 12000))
-        [[ $p == "${PAUSED_PORT:-}" ]] && continue
-        if ! (: <>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free loopback port found in 20000-31999"
-}
 
 # metric NAME: the value of one sample from the relay's /metrics (NAME with its labels, as
 # printed, e.g. 'relay_deliveries_total{result="deferred"}'); 0 when absent.
@@ -224,9 +150,9 @@ relay_gone() {
     die "$1"
 }
 
-# cpu_ticks: user + system clock ticks the relay has used so far (all its threads).
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$RELAY_PID/stat"
+# relay_ticks: user + system clock ticks the relay has used so far (all its threads).
+relay_ticks() {
+    cpu_ticks "$RELAY_PID" | awk '{ print $1 + $2 }'
 }
 
 # status_kb FIELD: a /proc/PID/status field of the relay, in kB (VmRSS, VmHWM).
@@ -243,10 +169,10 @@ wal_bytes() {
     find "$TMP/spool" -maxdepth 1 -name '*.log' -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 
-# start_relay LOG: starts the relay on $TMP/relay.toml, logging to LOG; sets RELAY_PID,
+# launch_relay LOG: starts the relay on $TMP/relay.toml, logging to LOG; sets RELAY_PID,
 # RELAY_ADDR, METRICS_ADDR and STARTUP_S (launch to the "listening" line, which follows the
 # spool's start-up count).
-start_relay() {
+launch_relay() {
     local line started
     RELAY_LOG=$1
     started=$(date +%s.%N)
@@ -267,9 +193,9 @@ wait_quiet() {
     local deadline=$((SECONDS + QUIET_TIMEOUT)) a b pct
     QUIET="*"
     while ((SECONDS < deadline)); do
-        a=$(cpu_ticks)
+        a=$(relay_ticks)
         sleep 2
-        b=$(cpu_ticks)
+        b=$(relay_ticks)
         pct=$(((b - a) * 100 / (2 * HZ)))
         if ((pct < QUIET_CPU)); then
             QUIET=""
@@ -343,7 +269,7 @@ settle() {
 echo "relay: $RELAY_SRC (copied to $TMP/relay for the run)"
 cp "$RELAY_SRC" "$TMP/relay"
 PAUSED_PORT=$(free_port)
-SINK_PORT=$(free_port)
+SINK_PORT=$(free_port "$PAUSED_PORT")
 SINK_ADDR=127.0.0.1:$SINK_PORT
 
 cat >"$TMP/relay.toml" <<EOF
@@ -380,7 +306,7 @@ format = "json"
 level = "warn,relay::serve=info"
 EOF
 
-start_relay "$TMP/relay.log"
+launch_relay "$TMP/relay.log"
 echo "relay at $RELAY_ADDR, metrics at $METRICS_ADDR, spool in $TMP/spool"
 echo "fill: $SIZE-byte messages to fill.test at $FILL_SESSIONS sessions, routed to 127.0.0.1:$PAUSED_PORT (nothing listens: refused, deferred, retry in 1h)"
 echo "probe: $PROBE_MESSAGES messages to probe.test at $PROBE_SESSIONS sessions, routed to a countsink at $SINK_ADDR"
@@ -401,7 +327,7 @@ probe() {
         die "countsink could not listen on $SINK_ADDR: $(cat "$TMP/sink-$name.err")"
 
     echo "probe at depth $name: $PROBE_MESSAGES messages"
-    ticks_before=$(cpu_ticks)
+    ticks_before=$(relay_ticks)
     out=$TMP/probe-$name.json
     "$LOADGEN" --server "$RELAY_ADDR" --sessions "$PROBE_SESSIONS" --messages "$PROBE_MESSAGES" \
         --size "$SIZE" --to-domain probe.test --json --allow-failures >"$out" &
@@ -421,7 +347,7 @@ probe() {
     else
         wait_exit "$sink_pid" $((PROBE_TIMEOUT + 10)) || true
     fi
-    ticks_after=$(cpu_ticks)
+    ticks_after=$(relay_ticks)
     rss=$(status_kb VmRSS)
     hwm=$(status_kb VmHWM)
     sink_json=$(tail -n1 "$sink_out")
@@ -500,7 +426,7 @@ if [[ $RESTART == 1 ]]; then
     stopped=$(date +%s.%N)
     stop "$RELAY_PID" 120
     down=$(awk -v a="$stopped" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-    start_relay "$TMP/relay-restarted.log"
+    launch_relay "$TMP/relay-restarted.log"
     count=$(grep -m1 -o '"queued":[0-9]*' "$RELAY_LOG" | cut -d: -f2)
     echo "restarted with $count messages queued: stopped in ${down}s, listening ${STARTUP_S}s after launch (the spool is counted first)"
     ((count == MAX_DEPTH)) || die "the restarted relay counted $count queued messages, expected $MAX_DEPTH"

@@ -24,19 +24,37 @@ need_tools() {
     fi
 }
 
-# Stops one process we started: TERM, up to 10 s, then KILL.
+# running PID: true while PID is one of our background processes and has not exited. Bash reaps
+# exited children at once, after which the PID may be reused (pid_max is 32768 here): never
+# signal a PID without asking this first.
+running() {
+    local r
+    r=$(jobs -rp)
+    grep -qx "$1" <<<"$r"
+}
+
+# Stops one process we started: TERM, up to SECS (default 10) s, then KILL; then forgets it.
 stop() {
-    local pid=$1 p kept=()
-    if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
+    local pid=$1 secs=${2:-10}
+    if running "$pid"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq $((secs * 10))); do
+            running "$pid" || break
             sleep 0.1
         done
-        kill -KILL "$pid" 2>/dev/null || true
+        if running "$pid"; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     fi
     wait "$pid" 2>/dev/null || true
+    untrack "$pid"
+}
+
+# untrack PID: a process that has exited and been waited for.
+untrack() {
+    local kept=() p
     for p in "${PIDS[@]}"; do
-        [[ $p == "$pid" ]] || kept+=("$p")
+        [[ $p == "$1" ]] || kept+=("$p")
     done
     PIDS=("${kept[@]}")
 }
@@ -158,12 +176,15 @@ drain() {
     return 1
 }
 
-# free_port: a loopback port below the ephemeral range (so no outgoing connection holds it) on
-# which nothing listens now.
+# free_port [EXCEPT]: a loopback port below the ephemeral range (so no outgoing connection holds
+# it, and a connect to it cannot connect to itself) on which nothing listens now, other than
+# EXCEPT (a port already handed out but not yet listened on).
+# shellcheck disable=SC2120 # EXCEPT is optional
 free_port() {
     local p
-    for _ in $(seq 100); do
+    for _ in $(seq 200); do
         p=$((20000 + RANDOM % 12000))
+        [[ $p == "${1:-}" ]] && continue
         if ! (: <>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
