@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 # Keep build output outside the clone so fresh clones (and CI) reuse the RocksDB build.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/relay-target
-APT_PACKAGES := libclang-dev clang swaks strace
+APT_PACKAGES := libclang-dev clang swaks strace openssl
 SINK_ADDR ?= 127.0.0.1:2600
 # The plugins that ship, built as Wasm components for wasm32-wasip2.
 PLUGINS := rate-limit ip-pools suppression content-policy bad-plugin hello-plugin
@@ -44,10 +44,12 @@ run: build
 sink: build
 	$(CARGO_TARGET_DIR)/release/relay sink --listen $(SINK_ADDR) --dir ./data/sink
 
-# Unit tests, then the end-to-end tests against the real binary.
+# Unit tests, then the end-to-end tests against the real binary, then Postfix using the relay
+# as its smarthost (tests/postfix-smarthost.sh installs Postfix if it is missing).
 test: setup plugins
 	cargo build -p relay --bins
 	cargo test --workspace --no-fail-fast
+	tests/postfix-smarthost.sh
 
 check: fmt clippy
 

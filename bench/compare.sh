@@ -221,30 +221,7 @@ default_process_limit = $procs
 # default is 20 too; written here so that the comparison does not rest on a default).
 smtp_destination_concurrency_limit = 20
 EOF
-    # The services the instance needs (no pickup, showq, tlsmgr, verify, local: nothing here
-    # uses them). chroot is off for all ("n"): Debian's master.cf chroots most daemons into
-    # the queue directory, which would need copies of /etc files there. maxproc "-" is
-    # default_process_limit.
-    cat >"$dir/postfix-conf/master.cf" <<EOF
-# service type  private unpriv  chroot  wakeup  maxproc command
-127.0.0.1:$port inet n  -       n       -       -       smtpd
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+    postfix_master_cf "$port" >"$dir/postfix-conf/master.cf"
 }
 
 # start_postfix DIR SINK_ADDR: a private Postfix instance with config, queue, data and log in

@@ -198,3 +198,32 @@ free_port() {
 cpu_ticks() {
     awk '{print $14, $15}' "/proc/$1/stat"
 }
+
+# postfix_master_cf PORT [LINE...]: the master.cf of a private Postfix instance, on stdout: its
+# smtpd on 127.0.0.1:PORT and the services a relaying instance needs (no pickup, showq, verify,
+# local: nothing uses them), then each LINE (more services). chroot is off for all ("n"):
+# Debian's master.cf chroots most daemons into the queue directory, which would need copies of
+# /etc files there. maxproc "-" is default_process_limit.
+postfix_master_cf() {
+    cat <<EOF
+# service type  private unpriv  chroot  wakeup  maxproc command
+127.0.0.1:$1 inet n  -       n       -       -       smtpd
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+    if (($# > 1)); then printf '%s\n' "${@:2}"; fi
+}

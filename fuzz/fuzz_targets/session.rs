@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use relay::smtp::{BareLineEnding, ClientInfo, Resolution, Session, SessionConfig, Step};
+use relay::smtp::{
+    AuthOffer, BareLineEnding, ClientInfo, Reply, Resolution, Session, SessionConfig, Step,
+};
 
 fuzz_target!(|data: &[u8]| {
     let [flags, split, input @ ..] = data else {
@@ -25,10 +27,17 @@ fuzz_target!(|data: &[u8]| {
         },
     };
     let max_line = config.max_line_length;
-    let client = ClientInfo {
-        peer: "127.0.0.1".parse().unwrap(),
-        relay_allowed: flags & 2 == 0,
+    let mut client = ClientInfo::new("127.0.0.1".parse().unwrap(), flags & 2 == 0);
+    // STARTTLS and AUTH offered or not, logins good or bad, MAIL gated or not.
+    client.starttls = flags & 4 != 0;
+    client.auth = match flags & 24 {
+        0 => AuthOffer::Never,
+        8 => AuthOffer::WithTls,
+        _ => AuthOffer::Always,
     };
+    client.require_auth = flags & 32 != 0;
+    client.require_tls = flags & 64 != 0;
+    let logins_succeed = flags & 128 != 0;
     let mut session = Session::new(Arc::new(config), client);
     let mut buf = Vec::new();
     let mut out = Vec::new();
@@ -45,6 +54,15 @@ fuzz_target!(|data: &[u8]| {
                 Step::Close => break 'reads,
                 Step::CheckMail(_) | Step::CheckRcpt(_) => {
                     session.resolve(Resolution::Accept, &mut out)
+                }
+                Step::StartTls => session.tls_started("TLSv1.3 with cipher FUZZ".into()),
+                Step::Authenticate(_) => {
+                    let answer = if logins_succeed {
+                        Resolution::Accept
+                    } else {
+                        Resolution::Reject(Reply::new(535, None, "bad"))
+                    };
+                    session.resolve(answer, &mut out)
                 }
                 Step::Message(m) => {
                     assert!(m.body.len() <= 4096);

@@ -67,6 +67,126 @@ pub struct Config {
     /// `[bounces]`: domains whose addresses receive returned DSNs for `on_bounce`.
     #[serde(default)]
     pub bounces: BouncesConfig,
+    /// `[[tls_policy]]`: outbound TLS policies for chosen recipient domains.
+    #[serde(default, rename = "tls_policy")]
+    pub tls_policies: Vec<TlsPolicyConfig>,
+    /// `[tls]`: the certificate inbound TLS (STARTTLS and implicit TLS) presents.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `[[listener]]`: SMTP listeners with their own TLS and AUTH settings.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[auth]`: SMTP AUTH users and the brute-force limits.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[tls]`: the server certificate. Both files are watched: a renewed certificate is used for
+/// new connections within seconds, without a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: ConfigDuration,
+}
+
+fn default_handshake_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+
+/// How a listener uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// No TLS: STARTTLS is not offered.
+    None,
+    /// Plain SMTP that offers STARTTLS (ports 25 and 587).
+    Starttls,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+}
+
+/// `[[listener]]`: one address to accept SMTP on, and what it demands of clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The address; port 0 picks a free port (the bound address is logged).
+    pub address: SocketAddr,
+    /// A name for logs (default: the address).
+    pub name: Option<String>,
+    /// `none`, `starttls` or `implicit`; default `starttls` when `[tls]` is set, else `none`.
+    pub tls: Option<ListenerTls>,
+    /// MAIL FROM needs a login first, whatever the client's address (`530 5.7.0`).
+    #[serde(default)]
+    pub require_auth: bool,
+    /// MAIL FROM needs TLS first (`530 5.7.0`).
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Offer AUTH without TLS to loopback clients (never to others: their passwords would
+    /// cross the network in the clear).
+    #[serde(default)]
+    pub auth_in_clear_on_loopback: bool,
+}
+
+/// `[auth]`: who may log in with SMTP AUTH, and how repeated failures are slowed down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The users file (`relay user add NAME --config ...` manages it); reloaded when it changes.
+    pub users_file: PathBuf,
+    /// Failed logins from one client address (IPv6: its /64) after which each answer is delayed.
+    #[serde(default = "default_delay_after")]
+    pub delay_after: u32,
+    /// Failed logins within `failure_window` after which the address is locked out.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// The window failures are counted in.
+    #[serde(default = "default_auth_window")]
+    pub failure_window: ConfigDuration,
+    /// How long a locked-out address gets `421 4.7.0` to AUTH.
+    #[serde(default = "default_auth_window")]
+    pub lockout: ConfigDuration,
+    /// Name the logged-in user in the Received header (`Authenticated sender:`).
+    #[serde(default = "default_true")]
+    pub received_shows_user: bool,
+}
+
+fn default_delay_after() -> u32 {
+    3
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+
+fn default_auth_window() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(15 * 60))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One listener as the relay runs it, from `[server] listen` or `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Name for logs.
+    pub name: String,
+    /// The address to bind.
+    pub address: SocketAddr,
+    /// Its TLS mode.
+    pub tls: ListenerTls,
+    /// MAIL FROM needs a login.
+    pub require_auth: bool,
+    /// MAIL FROM needs TLS.
+    pub require_tls: bool,
+    /// AUTH without TLS for loopback clients.
+    pub auth_in_clear_on_loopback: bool,
 }
 
 /// `[bounces]`: the bounce domains. Mail to an address at one of them is taken from any
@@ -273,8 +393,10 @@ fn default_weight() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Addresses to accept SMTP on. Port 0 picks a free port (the bound address is logged).
-    pub listen: Vec<SocketAddr>,
+    /// Addresses to accept SMTP on, with the default listener settings (STARTTLS offered when
+    /// `[tls]` is set). Port 0 picks a free port (the bound address is logged). Default
+    /// `127.0.0.1:2525`, unless `[[listener]]`s are configured.
+    pub listen: Option<Vec<SocketAddr>>,
     /// Our host name: greeting, EHLO, Received headers, DSNs.
     pub hostname: HostName,
     /// Client networks allowed to relay to any domain.
@@ -304,7 +426,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            listen: None,
             hostname: HostName("localhost".into()),
             relay_networks: vec![
                 "127.0.0.0/8".parse().expect("literal network"),
@@ -397,6 +519,13 @@ pub struct DeliveryConfig {
     pub data_timeout: ConfigDuration,
     /// Pool (or source) used when no plugin chooses; absent: the operating system picks the address.
     pub default_pool: Option<String>,
+    /// Outbound TLS for domains without a `[[tls_policy]]`: `none`, `opportunistic` (default),
+    /// `required` or `verify`.
+    pub tls: TlsPolicy,
+    /// PEM files of CA certificates trusted for `verify`, besides the built-in web PKI roots.
+    /// Read when the config is loaded: a file that cannot be read or holds no certificate is a
+    /// config error.
+    pub tls_ca_files: Vec<CaFile>,
 }
 
 impl Default for DeliveryConfig {
@@ -414,7 +543,168 @@ impl Default for DeliveryConfig {
             command_timeout: mins(5),
             data_timeout: mins(10),
             default_pool: None,
+            tls: TlsPolicy::Opportunistic,
+            tls_ca_files: Vec::new(),
         }
+    }
+}
+
+/// How the relay uses TLS when it delivers to a destination (its STARTTLS policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never STARTTLS: plain text even where TLS is offered.
+    None,
+    /// STARTTLS when offered, without checking the certificate; where TLS fails, deliver in
+    /// plain text on a new connection (RFC 3207 with RFC 7435 opportunistic security).
+    Opportunistic,
+    /// TLS or no delivery (defer), without checking the certificate.
+    Required,
+    /// TLS with a certificate that is valid for the MX host name (or the route's next hop),
+    /// or no delivery (defer).
+    Verify,
+}
+
+impl TlsPolicy {
+    /// The policy's name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Required => "required",
+            TlsPolicy::Verify => "verify",
+        }
+    }
+
+    /// True for `required` and `verify`: without TLS the delivery is deferred.
+    pub fn requires_tls(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::Verify)
+    }
+}
+
+impl fmt::Display for TlsPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[[tls_policy]]`: the outbound TLS policy for one recipient domain (or its subdomains).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPolicyConfig {
+    /// `example.com` (that domain only) or `*.example.com` (every subdomain, not the domain).
+    pub domain: PolicyDomain,
+    /// `none`, `opportunistic`, `required` or `verify`.
+    pub policy: TlsPolicy,
+}
+
+/// The recipient domains a `[[tls_policy]]` applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PolicyDomain {
+    /// Exactly this domain (lower-case, no trailing dot).
+    Exact(String),
+    /// Every domain ending in `.` + this one (written `*.example.com`), at any depth.
+    Subdomains(String),
+}
+
+impl PolicyDomain {
+    /// True if the policy applies to `domain` (lower-case).
+    pub fn matches(&self, domain: &str) -> bool {
+        match self {
+            PolicyDomain::Exact(d) => d == domain,
+            PolicyDomain::Subdomains(parent) => domain
+                .strip_suffix(parent.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        }
+    }
+}
+
+impl fmt::Display for PolicyDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyDomain::Exact(d) => f.write_str(d),
+            PolicyDomain::Subdomains(d) => write!(f, "*.{d}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let domain = text.trim().trim_end_matches('.').to_lowercase();
+        let (wildcard, name) = match domain.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, domain.as_str()),
+        };
+        if name.is_empty()
+            || name.contains(['@', ' ', '*', '[', ']'])
+            || name.starts_with('.')
+            || name.contains("..")
+        {
+            return Err(serde::de::Error::custom(format!(
+                "\"{text}\" is not a domain or \"*.domain\" (e.g. \"example.com\", \"*.example.com\"; [delivery] tls is the policy of every other domain)"
+            )));
+        }
+        Ok(if wildcard {
+            PolicyDomain::Subdomains(name.to_owned())
+        } else {
+            PolicyDomain::Exact(name.to_owned())
+        })
+    }
+}
+
+/// One `[delivery] tls_ca_files` entry: a PEM file of CA certificates, read once, when the
+/// config is loaded.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    /// The file as configured (a relative path is taken from the working directory).
+    pub path: PathBuf,
+    /// Its certificates, each usable as a trust anchor.
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl CaFile {
+    /// Reads every certificate in a PEM file. Fails, naming the file, when it cannot be read,
+    /// is not PEM, holds no certificate, or holds one that cannot be a trust anchor.
+    pub fn read(path: &Path) -> Result<CaFile, String> {
+        use rustls::pki_types::pem::{self, PemObject};
+        use rustls::pki_types::CertificateDer;
+
+        let shown = path.display();
+        let describe = |err: pem::Error| match err {
+            pem::Error::Io(err) => format!("\"{shown}\": cannot read: {err}"),
+            other => format!("\"{shown}\": not a PEM file: {other}"),
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(describe)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(describe)?;
+        if certs.is_empty() {
+            return Err(format!(
+                "\"{shown}\" holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\" blocks)"
+            ));
+        }
+        for (index, cert) in certs.iter().enumerate() {
+            rustls::RootCertStore::empty()
+                .add(cert.clone())
+                .map_err(|err| {
+                    format!(
+                        "\"{shown}\": certificate {} cannot be a trust anchor: {err}",
+                        index + 1
+                    )
+                })?;
+        }
+        Ok(CaFile {
+            path: path.to_owned(),
+            certs,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for CaFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let path = PathBuf::deserialize(d)?;
+        CaFile::read(&path).map_err(serde::de::Error::custom)
     }
 }
 
@@ -605,6 +895,41 @@ impl<'de> Deserialize<'de> for NextHop {
 }
 
 impl Config {
+    /// Every listener: `[server] listen` addresses (default `127.0.0.1:2525` when there is no
+    /// `[[listener]]`), then the `[[listener]]`s.
+    pub fn listeners(&self) -> Vec<Listener> {
+        let default_tls = if self.tls.is_some() {
+            ListenerTls::Starttls
+        } else {
+            ListenerTls::None
+        };
+        let plain = match &self.server.listen {
+            Some(addresses) => addresses.clone(),
+            None if self.listeners.is_empty() => vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            None => Vec::new(),
+        };
+        let mut all: Vec<Listener> = plain
+            .into_iter()
+            .map(|address| Listener {
+                name: address.to_string(),
+                address,
+                tls: default_tls,
+                require_auth: false,
+                require_tls: false,
+                auth_in_clear_on_loopback: false,
+            })
+            .collect();
+        all.extend(self.listeners.iter().map(|l| Listener {
+            name: l.name.clone().unwrap_or_else(|| l.address.to_string()),
+            address: l.address,
+            tls: l.tls.unwrap_or(default_tls),
+            require_auth: l.require_auth,
+            require_tls: l.require_tls,
+            auth_in_clear_on_loopback: l.auth_in_clear_on_loopback,
+        }));
+        all
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -644,9 +969,15 @@ impl Config {
                 file, line, &path, reason,
             )))
         };
-        if self.server.listen.is_empty() {
-            return fail("server", "listen", "needs at least one address");
+        if self.listeners().is_empty() {
+            return fail(
+                "server",
+                "listen",
+                "needs at least one address (or a [[listener]])",
+            );
         }
+        self.validate_listeners(text, file)?;
+        self.validate_tls_policies(text, file)?;
         if self.server.max_line_length < 512 {
             return fail(
                 "server",
@@ -760,7 +1091,7 @@ impl Config {
             );
         }
         if let Some(addr) = self.metrics.listen {
-            if addr.port() != 0 && self.server.listen.contains(&addr) {
+            if addr.port() != 0 && self.listeners().iter().any(|l| l.address == addr) {
                 return fail(
                     "metrics",
                     "listen",
@@ -844,6 +1175,125 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Line of `field = ...` inside `[section]` (or `[[section]]`), for errors found after parsing.
+impl Config {
+    /// The `[[listener]]`, `[tls]` and `[auth]` checks.
+    fn validate_listeners(&self, text: &str, file: &str) -> Result<(), ConfigError> {
+        let fail_at = |index: usize, field: &str, reason: &str| {
+            let line = find_array_key_line(text, "listener", index, field);
+            Err(ConfigError::Invalid(format_error(
+                file,
+                line,
+                &format!("listener[{index}].{field}"),
+                reason,
+            )))
+        };
+        let mut names = std::collections::HashSet::new();
+        let mut addresses = std::collections::HashSet::new();
+        for (index, listener) in self.listeners.iter().enumerate() {
+            let tls = listener.tls.unwrap_or(if self.tls.is_some() {
+                ListenerTls::Starttls
+            } else {
+                ListenerTls::None
+            });
+            if tls != ListenerTls::None && self.tls.is_none() {
+                return fail_at(
+                    index,
+                    "tls",
+                    "needs a certificate: add a [tls] section with cert and key",
+                );
+            }
+            if listener.require_tls && tls == ListenerTls::None {
+                return fail_at(
+                    index,
+                    "require_tls",
+                    "cannot be met on a listener with tls = \"none\"",
+                );
+            }
+            if listener.require_auth && self.auth.is_none() {
+                return fail_at(
+                    index,
+                    "require_auth",
+                    "needs an [auth] section with users_file",
+                );
+            }
+            if let Some(name) = &listener.name {
+                if !names.insert(name.as_str()) {
+                    return fail_at(index, "name", &format!("\"{name}\" is used twice"));
+                }
+            }
+            if listener.address.port() != 0 && !addresses.insert(listener.address) {
+                return fail_at(
+                    index,
+                    "address",
+                    &format!("{} is used twice", listener.address),
+                );
+            }
+        }
+        if let Some(auth) = &self.auth {
+            let fail = |field: &str, reason: &str| {
+                Err(ConfigError::Invalid(format_error(
+                    file,
+                    find_key_line(text, "auth", field),
+                    &format!("auth.{field}"),
+                    reason,
+                )))
+            };
+            if auth.max_failures == 0 {
+                return fail("max_failures", "must be at least 1");
+            }
+            if auth.delay_after > auth.max_failures {
+                return fail("delay_after", "must not be more than max_failures");
+            }
+            if auth.failure_window.0.is_zero() {
+                return fail("failure_window", "must be more than 0");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The `[[tls_policy]]` checks: each domain once.
+    fn validate_tls_policies(&self, text: &str, file: &str) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (index, rule) in self.tls_policies.iter().enumerate() {
+            if !seen.insert(&rule.domain) {
+                let line = find_array_key_line(text, "tls_policy", index, "domain");
+                return Err(ConfigError::Invalid(format_error(
+                    file,
+                    line,
+                    &format!("tls_policy[{index}].domain"),
+                    &format!("\"{}\" has more than one policy", rule.domain),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The line of `field` in the `index`th `[[section]]` table, or 0.
+fn find_array_key_line(text: &str, section: &str, index: usize, field: &str) -> usize {
+    let header = format!("[[{section}]]");
+    let mut seen = 0;
+    let mut inside = false;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = trimmed.replace(' ', "") == header && {
+                seen += 1;
+                seen == index + 1
+            };
+        } else if inside {
+            if let Some((key, _)) = trimmed.split_once('=') {
+                if key.trim() == field {
+                    return n + 1;
+                }
+            }
+        }
+    }
+    0
+}
+
 fn find_key_line(text: &str, section: &str, field: &str) -> usize {
     let mut in_section = false;
     for (n, line) in text.lines().enumerate() {
@@ -865,6 +1315,71 @@ fn find_key_line(text: &str, section: &str, field: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listeners_come_from_server_listen_and_listener_tables() {
+        let config = Config::parse("", "r.toml").expect("valid");
+        let listeners = config.listeners();
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(listeners[0].tls, ListenerTls::None);
+
+        let text = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[auth]\nusers_file = \"users\"\n\
+                    [[listener]]\nname = \"submission\"\naddress = \"0.0.0.0:587\"\nrequire_auth = true\n\
+                    [[listener]]\naddress = \"0.0.0.0:465\"\ntls = \"implicit\"\n";
+        let config = Config::parse(text, "r.toml").expect("valid");
+        let listeners = config.listeners();
+        // No [server] listen: only the [[listener]]s.
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(
+            (
+                listeners[0].name.as_str(),
+                listeners[0].tls,
+                listeners[0].require_auth
+            ),
+            ("submission", ListenerTls::Starttls, true)
+        );
+        assert_eq!(
+            (listeners[1].name.as_str(), listeners[1].tls),
+            ("0.0.0.0:465", ListenerTls::Implicit)
+        );
+        let auth = config.auth.expect("auth");
+        assert_eq!((auth.delay_after, auth.max_failures), (3, 10));
+    }
+
+    #[test]
+    fn listener_errors_name_the_line_and_field() {
+        let cases = [
+            (
+                "[[listener]]\naddress = \"127.0.0.1:465\"\ntls = \"implicit\"\n",
+                "r.toml:3: [[listener]] tls: needs a certificate: add a [tls] section with cert and key",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:587\"\nrequire_auth = true\n",
+                "r.toml:3: [[listener]] require_auth: needs an [auth] section with users_file",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:587\"\nrequire_tls = true\n",
+                "r.toml:3: [[listener]] require_tls: cannot be met on a listener with tls = \"none\"",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n",
+                "r.toml:4: [[listener]] address: 127.0.0.1:1 is used twice",
+            ),
+            (
+                "[auth]\nusers_file = \"u\"\ndelay_after = 5\nmax_failures = 2\n",
+                "r.toml:3: [auth] delay_after: must not be more than max_failures",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = \"ssl\"\n",
+                "r.toml:3: [[listener]] tls: unknown variant `ssl`, expected one of `none`, `starttls`, `implicit`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text, "r.toml").expect_err(text).to_string();
+            assert_eq!(err, expected, "{text}");
+        }
+    }
 
     #[test]
     fn embedded_default_config_is_valid() {
@@ -1093,5 +1608,167 @@ members = [{ source = "a" }, { source = "nope", weight = 2 }]
         let text = "[bounces]\ndomain = [\"a.test\"]\n";
         let err = Config::parse(text, "r.toml").unwrap_err().to_string();
         assert!(err.contains("[bounces]"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod tls_policy_config_tests {
+    use super::*;
+
+    #[test]
+    fn outbound_tls_defaults_to_opportunistic_with_no_rules() {
+        let config = Config::parse("", "r.toml").unwrap();
+        assert_eq!(config.delivery.tls, TlsPolicy::Opportunistic);
+        assert!(config.delivery.tls_ca_files.is_empty());
+        assert!(config.tls_policies.is_empty());
+    }
+
+    #[test]
+    fn tls_policies_parse_with_exact_and_wildcard_domains() {
+        let text = r#"
+[delivery]
+tls = "required"
+[[tls_policy]]
+domain = "Bank.Example."
+policy = "verify"
+[[tls_policy]]
+domain = "*.legacy.test"
+policy = "none"
+"#;
+        let config = Config::parse(text, "r.toml").unwrap();
+        assert_eq!(config.delivery.tls, TlsPolicy::Required);
+        assert_eq!(
+            config.tls_policies[0].domain,
+            PolicyDomain::Exact("bank.example".into())
+        );
+        assert_eq!(config.tls_policies[0].policy, TlsPolicy::Verify);
+        assert_eq!(
+            config.tls_policies[1].domain,
+            PolicyDomain::Subdomains("legacy.test".into())
+        );
+        assert!(config.tls_policies[1].domain.matches("mx.legacy.test"));
+        assert!(config.tls_policies[1].domain.matches("a.b.legacy.test"));
+        assert!(!config.tls_policies[1].domain.matches("legacy.test"));
+        assert!(!config.tls_policies[1].domain.matches("notlegacy.test"));
+    }
+
+    #[test]
+    fn an_unknown_policy_name_is_located_and_the_valid_ones_listed() {
+        let err = Config::parse("[delivery]\ntls = \"verfy\"\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("r.toml:2: [delivery] tls: "), "{err}");
+        assert!(
+            err.contains("verfy") && err.contains("opportunistic") && err.contains("verify"),
+            "{err}"
+        );
+        let text = "[[tls_policy]]\ndomain = \"a.test\"\npolicy = \"strict\"\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("r.toml:3: [[tls_policy]] policy: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_policy_domains_are_checked() {
+        for bad in ["*", "*.", "a@b.test", "*.*.test", "a..test"] {
+            let text = format!("[[tls_policy]]\ndomain = \"{bad}\"\npolicy = \"verify\"\n");
+            let err = Config::parse(&text, "r.toml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("r.toml:2: [[tls_policy]] domain: ")
+                    && err.contains("is not a domain"),
+                "{bad}: {err}"
+            );
+        }
+        let text = "[[tls_policy]]\ndomain = \"a.test\"\npolicy = \"verify\"\n\n[[tls_policy]]\ndomain = \"A.test\"\npolicy = \"none\"\n";
+        let err = Config::parse(text, "r.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "r.toml:6: [[tls_policy]] domain: \"a.test\" has more than one policy"
+        );
+        let err = Config::parse("[[tls_policy]]\ndomain = \"a.test\"\n", "r.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policy"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let text = format!(
+            "[delivery]\ntls_ca_files = [{:?}]\n",
+            missing.display().to_string()
+        );
+        let err = Config::parse(&text, "r.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "r.toml:2: [delivery] tls_ca_files: \"{}\": cannot read: ",
+                missing.display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_a_usable_certificate_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("empty.pem", "", "holds no certificate"),
+            (
+                "key.pem",
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "holds no certificate",
+            ),
+            (
+                "junk.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "cannot be a trust anchor",
+            ),
+            (
+                "broken.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n",
+                "not a PEM file",
+            ),
+        ];
+        for (name, content, expected) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let text = format!(
+                "[delivery]\ntls_ca_files = [{:?}]\n",
+                path.display().to_string()
+            );
+            let err = Config::parse(&text, "r.toml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("r.toml:2: [delivery] tls_ca_files: ") && err.contains(expected),
+                "{name}: {err}"
+            );
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_with_certificates_is_read_at_load_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pem = String::new();
+        for name in ["CA one", "CA two"] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            pem.push_str(&params.self_signed(&key).unwrap().pem());
+        }
+        let path = dir.path().join("cas.pem");
+        std::fs::write(&path, pem).unwrap();
+        let text = format!(
+            "[delivery]\ntls = \"verify\"\ntls_ca_files = [{:?}]\n",
+            path.display().to_string()
+        );
+        let config = Config::parse(&text, "r.toml").unwrap();
+        assert_eq!(config.delivery.tls_ca_files[0].path, path);
+        assert_eq!(config.delivery.tls_ca_files[0].certs.len(), 2);
     }
 }

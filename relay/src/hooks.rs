@@ -10,12 +10,12 @@ use crate::smtp::{Body, EnhancedCode, MailParams, Reply, ReversePath};
 const MAX_TEXT: usize = 400;
 
 /// The session as plugins see it.
-pub(crate) fn session(peer: IpAddr, helo: &str) -> Session {
+pub(crate) fn session(peer: IpAddr, helo: &str, tls: bool, auth_user: Option<&str>) -> Session {
     Session {
         client_ip: peer.to_string(),
         helo: helo.to_string(),
-        tls: false,
-        auth_user: None,
+        tls,
+        auth_user: auth_user.map(str::to_string),
     }
 }
 

@@ -6,6 +6,8 @@
 pub mod smtp;
 
 #[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
 pub(crate) mod bounce;
 #[cfg(feature = "server")]
 pub mod config;
@@ -27,3 +29,5 @@ pub mod serve;
 pub mod sink;
 #[cfg(feature = "server")]
 pub mod spool;
+#[cfg(feature = "server")]
+pub mod tls;

@@ -1,10 +1,11 @@
-//! The `relay` command: `serve`, `check-config` and `sink`.
+//! The `relay` command: `serve`, `check-config`, `plugin`, `sink` and `user`.
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use relay::config::{Config, LogConfig, LogFormat, EMBEDDED_DEFAULT};
 use relay::sink::{FailRule, SinkOptions};
 
@@ -57,6 +58,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the SMTP AUTH users file (the relay reloads it when it changes).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user, or set a new password for an existing one. Prompts twice for the password
+    /// on the terminal unless --password-stdin is given. Creates the file (mode 0600) if needed.
+    Add {
+        /// The user name (e.g. app@example.com): no whitespace, control characters or ':'.
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArgs,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Remove {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        file: UsersFileArgs,
+    },
+    /// Print the user names, one a line.
+    List {
+        #[command(flatten)]
+        file: UsersFileArgs,
+    },
+}
+
+/// Which users file: given directly, or the `[auth] users_file` of a relay config.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct UsersFileArgs {
+    /// The users file.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// A relay config file; its `[auth] users_file` is used (relative to the config's directory).
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -72,6 +117,13 @@ enum PluginCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::User { command } => match user_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("relay user: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -177,4 +229,118 @@ fn run_async(task: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `relay user ...`; the error names the file.
+fn user_command(command: UserCommand) -> anyhow::Result<()> {
+    use relay::auth::{Change, UserName};
+    match command {
+        UserCommand::Add {
+            name,
+            file,
+            password_stdin,
+        } => {
+            let name = UserName::parse(&name)?;
+            let path = users_file(&file)?;
+            let password = if password_stdin {
+                password_from_stdin()?
+            } else {
+                password_from_terminal(&name)?
+            };
+            if password.is_empty() {
+                anyhow::bail!("the password is empty; {} is unchanged", path.display());
+            }
+            match relay::auth::set_user(&path, &name, &password)? {
+                Change::Added { created: true } => {
+                    println!("created {} with user \"{name}\"", path.display())
+                }
+                Change::Added { created: false } => {
+                    println!("added user \"{name}\" to {}", path.display())
+                }
+                Change::Replaced => println!(
+                    "replaced the password of existing user \"{name}\" in {}",
+                    path.display()
+                ),
+            }
+        }
+        UserCommand::Remove { name, file } => {
+            let path = users_file(&file)?;
+            relay::auth::remove_user(&path, &name)?;
+            println!("removed user \"{name}\" from {}", path.display());
+        }
+        UserCommand::List { file } => {
+            let path = users_file(&file)?;
+            for name in relay::auth::list_users(&path)? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The users file: `--file`, or `[auth] users_file` from `--config`, relative to the config's
+/// directory. Only that key is read, so a config being edited need not be valid yet.
+fn users_file(args: &UsersFileArgs) -> anyhow::Result<PathBuf> {
+    if let Some(file) = &args.file {
+        return Ok(file.clone());
+    }
+    let Some(config) = &args.config else {
+        anyhow::bail!("give --file PATH or --config PATH");
+    };
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", config.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {}", config.display(), e.message()))?;
+    let file = table
+        .get("auth")
+        .and_then(|auth| auth.get("users_file"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: [auth] users_file is not set (add `users_file = \"users\"` under [auth], or use --file)",
+                config.display()
+            )
+        })?;
+    let Some(file) = file.as_str().filter(|f| !f.is_empty()) else {
+        anyhow::bail!(
+            "{}: [auth] users_file must be a non-empty string (a path)",
+            config.display()
+        );
+    };
+    // As `relay serve` reads it: a relative path is relative to the working directory, like
+    // every other path in the config.
+    Ok(PathBuf::from(file))
+}
+
+/// The first line of standard input, without its line ending.
+fn password_from_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_until(b'\n', &mut line)
+        .map_err(|e| anyhow::anyhow!("cannot read the password from standard input: {e}"))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// Asks twice on the terminal, without echo; a mismatch is an error.
+fn password_from_terminal(name: &relay::auth::UserName) -> anyhow::Result<Vec<u8>> {
+    let no_terminal = |e: std::io::Error| {
+        anyhow::anyhow!("cannot read a password from the terminal ({e}); use --password-stdin")
+    };
+    let first =
+        rpassword::prompt_password(format!("Password for {name}: ")).map_err(no_terminal)?;
+    if first.is_empty() {
+        // Reported by the caller, without asking twice.
+        return Ok(Vec::new());
+    }
+    let again = rpassword::prompt_password("Again: ").map_err(no_terminal)?;
+    if first != again {
+        anyhow::bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(first.into_bytes())
 }

@@ -63,6 +63,11 @@ pub(crate) struct Metrics {
     deferred: Counter,
     bounced: Counter,
     suppressed: Counter,
+    delivered_plain: Counter,
+    delivered_tls12: Counter,
+    delivered_tls12_verified: Counter,
+    delivered_tls13: Counter,
+    delivered_tls13_verified: Counter,
     dsn_queued: Counter,
     bounces_returned: Counter,
     queue: Gauge,
@@ -70,6 +75,11 @@ pub(crate) struct Metrics {
     connections_refused: Counter,
     spool_writes: Counter,
     spool_syncs: Counter,
+    tls_handshakes_ok: Counter,
+    tls_handshakes_failed: Counter,
+    auth_ok: Counter,
+    auth_failed: Counter,
+    auth_locked_out: Counter,
 }
 
 /// The process-wide metrics (created on first use).
@@ -118,6 +128,16 @@ impl Metrics {
         );
         let result = |result: &'static str| deliveries.get_or_create_owned(&[("result", result)]);
 
+        let delivered_tls = Family::<Labels2, Counter>::default();
+        registry.register(
+            "relay_delivered_tls",
+            "Delivered recipients by the protection of their session: tls=none (plain text), TLSv1.2 or TLSv1.3; verified=true when the MX certificate was checked (tls policy verify)",
+            delivered_tls.clone(),
+        );
+        let protection = |tls: &'static str, verified: &'static str| {
+            delivered_tls.get_or_create_owned(&[("tls", tls), ("verified", verified)])
+        };
+
         let dsn_queued = Counter::default();
         registry.register(
             "relay_dsn_queued",
@@ -165,7 +185,28 @@ impl Metrics {
             spool_syncs.clone(),
         );
 
+        let tls_handshakes = Family::<Labels1, Counter>::default();
+        registry.register(
+            "relay_tls_handshakes",
+            "Inbound TLS handshakes (STARTTLS and implicit TLS) by result: ok or failed (including timeouts)",
+            tls_handshakes.clone(),
+        );
+        let auth = Family::<Labels1, Counter>::default();
+        registry.register(
+            "relay_auth_attempts",
+            "SMTP AUTH attempts by result: ok; failed (bad user name or password); locked_out (refused with 421 because the client address failed too often)",
+            auth.clone(),
+        );
+        let handshakes =
+            |result: &'static str| tls_handshakes.get_or_create_owned(&[("result", result)]);
+        let logins = |result: &'static str| auth.get_or_create_owned(&[("result", result)]);
+
         Metrics {
+            tls_handshakes_ok: handshakes("ok"),
+            tls_handshakes_failed: handshakes("failed"),
+            auth_ok: logins("ok"),
+            auth_failed: logins("failed"),
+            auth_locked_out: logins("locked_out"),
             received,
             refused_mail_spool: refusal("mail", "spool"),
             refused_rcpt_policy: refusal("rcpt", "policy"),
@@ -175,6 +216,11 @@ impl Metrics {
             deferred: result("deferred"),
             bounced: result("bounced"),
             suppressed: result("suppressed"),
+            delivered_plain: protection("none", "false"),
+            delivered_tls12: protection("TLSv1.2", "false"),
+            delivered_tls12_verified: protection("TLSv1.2", "true"),
+            delivered_tls13: protection("TLSv1.3", "false"),
+            delivered_tls13_verified: protection("TLSv1.3", "true"),
             dsn_queued,
             bounces_returned,
             queue,
@@ -190,6 +236,24 @@ impl Metrics {
     pub(crate) fn spool_written(&self, writes: usize, syncs: u64) {
         self.spool_writes.inc_by(writes as u64);
         self.spool_syncs.inc_by(syncs);
+    }
+
+    /// An inbound TLS handshake ended.
+    pub(crate) fn tls_handshake(&self, ok: bool) {
+        if ok {
+            self.tls_handshakes_ok.inc();
+        } else {
+            self.tls_handshakes_failed.inc();
+        }
+    }
+
+    /// An AUTH attempt ended: `"ok"`, `"failed"` or `"locked_out"`.
+    pub(crate) fn auth_attempt(&self, result: &str) {
+        match result {
+            "ok" => self.auth_ok.inc(),
+            "failed" => self.auth_failed.inc(),
+            _ => self.auth_locked_out.inc(),
+        };
     }
 
     /// A message was queued (after its 250): counted as received and in the queue.
@@ -231,6 +295,20 @@ impl Metrics {
     /// A recipient was delivered.
     pub(crate) fn delivered(&self) {
         self.delivered.inc();
+    }
+
+    /// A delivered recipient's session protection: `None` for plain text.
+    pub(crate) fn delivered_tls(&self, tls: Option<&crate::delivery::tls::TlsInfo>) {
+        let counter = match tls {
+            None => &self.delivered_plain,
+            Some(t) => match (t.version, t.verified) {
+                ("TLSv1.2", false) => &self.delivered_tls12,
+                ("TLSv1.2", true) => &self.delivered_tls12_verified,
+                (_, false) => &self.delivered_tls13,
+                (_, true) => &self.delivered_tls13_verified,
+            },
+        };
+        counter.inc();
     }
 
     /// A recipient's attempt failed temporarily; it will be retried.
@@ -699,6 +777,32 @@ mod tests {
 
     fn endpoint() -> Endpoint {
         Endpoint::with_metrics(Box::leak(Box::new(Metrics::new())), None)
+    }
+
+    #[test]
+    fn deliveries_are_counted_by_tls_version_and_verification() {
+        use crate::delivery::tls::TlsInfo;
+        let metrics = Metrics::new();
+        let tls = |version, verified| TlsInfo {
+            version,
+            cipher: "TLS13_AES_256_GCM_SHA384",
+            verified,
+        };
+        metrics.delivered_tls(None);
+        metrics.delivered_tls(Some(&tls("TLSv1.3", true)));
+        metrics.delivered_tls(Some(&tls("TLSv1.3", true)));
+        metrics.delivered_tls(Some(&tls("TLSv1.2", false)));
+        let mut out = String::new();
+        encode_registry(&mut out, &metrics.registry).unwrap();
+        for series in [
+            "relay_delivered_tls_total{tls=\"none\",verified=\"false\"} 1",
+            "relay_delivered_tls_total{tls=\"TLSv1.3\",verified=\"true\"} 2",
+            "relay_delivered_tls_total{tls=\"TLSv1.2\",verified=\"false\"} 1",
+            "relay_delivered_tls_total{tls=\"TLSv1.2\",verified=\"true\"} 0",
+            "relay_delivered_tls_total{tls=\"TLSv1.3\",verified=\"false\"} 0",
+        ] {
+            assert!(out.contains(series), "{series} in\n{out}");
+        }
     }
 
     /// Sends `request` to a fresh connection and returns the whole response as text.

@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::auth::{AuthLimiter, LimiterSettings, Users};
 use crate::config::Config;
+use crate::config::ListenerTls;
 use crate::delivery::mx::{DnsSettings, MxResolver};
 use crate::delivery::Delivery;
 use crate::metrics;
 use crate::policy::{self, Policy};
-use crate::smtp::listener::{self, Inbound, Timeouts};
+use crate::smtp::listener::{self, AuthSetup, Inbound, Timeouts, TlsSetup};
 use crate::smtp::SessionConfig;
 use crate::spool::{scheduler, Spool};
 
@@ -35,6 +37,12 @@ pub enum StartError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The `[tls]` certificate or key cannot be used.
+    #[error("[tls]: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The `[auth]` users file cannot be used.
+    #[error("[auth] users_file: {0}")]
+    Users(String),
     /// The `[metrics] listen` address could not be bound.
     #[error("[metrics] listen: cannot listen on {addr}: {source}")]
     MetricsListen {
@@ -93,6 +101,35 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(scheduler.run());
     tokio::spawn(delivery.run(dispatch_rx));
 
+    let tls = match &config.tls {
+        Some(tls) => {
+            let store = crate::tls::CertStore::open(&tls.cert, &tls.key)?;
+            store.watch();
+            Some(TlsSetup {
+                acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(store)?),
+                handshake_timeout: tls.handshake_timeout.0,
+            })
+        }
+        None => None,
+    };
+    let auth = match &config.auth {
+        Some(auth) => {
+            let users =
+                Users::load(&auth.users_file).map_err(|e| StartError::Users(e.to_string()))?;
+            users.watch();
+            Some(AuthSetup {
+                users,
+                limiter: AuthLimiter::new(LimiterSettings {
+                    delay_after: auth.delay_after,
+                    max_failures: auth.max_failures,
+                    window: auth.failure_window.0,
+                    lockout: auth.lockout.0,
+                }),
+                received_shows_user: auth.received_shows_user,
+            })
+        }
+        None => None,
+    };
     let inbound = Arc::new(Inbound {
         session: Arc::new(SessionConfig {
             hostname: config.server.hostname.0.clone(),
@@ -115,14 +152,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         notifier,
         connections: Mutex::new(Default::default()),
         policy,
+        tls,
+        auth,
     });
-    for addr in &config.server.listen {
-        let (listener, bound) = bind(*addr).await.map_err(|source| StartError::Listen {
-            addr: *addr,
-            source,
-        })?;
-        tracing::info!(event = "listening", addr = %bound, "accepting SMTP");
-        tokio::spawn(listener::serve(listener, Arc::clone(&inbound)));
+    for settings in config.listeners() {
+        let addr = settings.address;
+        let (listener, bound) = bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let tls = match settings.tls {
+            ListenerTls::None => "none",
+            ListenerTls::Starttls => "starttls",
+            ListenerTls::Implicit => "implicit",
+        };
+        tracing::info!(event = "listening", addr = %bound, listener = %settings.name, tls, require_auth = settings.require_auth, "accepting SMTP");
+        tokio::spawn(listener::serve(
+            listener,
+            Arc::clone(&inbound),
+            Arc::new(settings),
+        ));
     }
     shutdown_signal().await;
     tracing::info!(

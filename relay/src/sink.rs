@@ -108,13 +108,7 @@ pub async fn run(options: SinkOptions) -> std::io::Result<()> {
                 continue;
             }
         };
-        let session = Session::new(
-            Arc::clone(&config),
-            ClientInfo {
-                peer: peer.ip(),
-                relay_allowed: true,
-            },
-        );
+        let session = Session::new(Arc::clone(&config), ClientInfo::new(peer.ip(), true));
         let mut handler = SinkHandler {
             options: Arc::clone(&shared),
             counter: Arc::clone(&counter),
@@ -125,7 +119,7 @@ pub async fn run(options: SinkOptions) -> std::io::Result<()> {
                 command: Duration::from_secs(300),
                 data: Duration::from_secs(600),
             };
-            let _ = drive(stream, peer, session, &mut handler, timeouts).await;
+            let _ = drive(stream, peer, session, &mut handler, timeouts, None).await;
         });
     }
 }

@@ -13,13 +13,16 @@ pub mod net;
 pub mod plugins;
 pub mod relay;
 pub mod sink;
+pub mod tls;
 
 pub use client::{message, new_message_id};
 pub use client::{Reply, SmtpClient};
 pub use config::RelayConfig;
 pub use dns::{DnsServer, RecordType, Zone};
 pub use net::{Net, SharedPort};
-pub use relay::{check_config, field, is_event, RelayProcess, SinkProcess};
+pub use relay::{
+    check_config, field, is_event, run_relay, run_relay_with_input, RelayProcess, SinkProcess,
+};
 pub use sink::{Sink, SinkBuilder, SinkGroup, Transaction};
 
 use std::time::Duration;

@@ -218,6 +218,19 @@ impl RelayProcess {
         }
     }
 
+    /// The address of the listener named `name` (`[[listener]] name`, or the address as
+    /// configured for `[server] listen`), as the current process logged it.
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        let found = lock(&self.logs)[self.generation_start..]
+            .iter()
+            .filter(|l| is_event(l, "listening", &[("listener", name)]))
+            .find_map(|l| field(l, "addr")?.parse().ok());
+        match found {
+            Some(addr) => addr,
+            None => panic!("no listener named {name:?} was logged\n{}", self.describe()),
+        }
+    }
+
     /// The process id of the running relay.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -407,18 +420,34 @@ pub struct CommandOutput {
 
 /// Runs `relay ARGS...` to completion (killed after `timeout`).
 pub async fn run_relay(args: &[&str], timeout: Duration) -> CommandOutput {
+    run_relay_with_input(args, b"", timeout).await
+}
+
+/// Runs `relay ARGS...` with `input` on its standard input, to completion (killed after
+/// `timeout`).
+pub async fn run_relay_with_input(args: &[&str], input: &[u8], timeout: Duration) -> CommandOutput {
+    use tokio::io::AsyncWriteExt as _;
     let bin = relay_binary();
     let child = tokio::process::Command::new(&bin)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn();
-    let child = match child {
+    let mut child = match child {
         Ok(c) => c,
         Err(e) => panic!("cannot start {}: {e}", bin.display()),
     };
+    if let Some(mut stdin) = child.stdin.take() {
+        if let Err(e) = stdin.write_all(input).await {
+            panic!("relay {args:?}: cannot write its input: {e}");
+        }
+    }
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => CommandOutput {
             status: out.status,

@@ -5,6 +5,10 @@
 //! recorded, and commands after the end of data are read as commands (so a
 //! relay that forwards an unstuffed `.` line would show up as a smuggled
 //! transaction here).
+//!
+//! With [`SinkBuilder::starttls`] it offers STARTTLS (RFC 3207) and records, per
+//! transaction, whether it came over TLS ([`Transaction::tls`]);
+//! [`SinkBuilder::broken_starttls`] offers it and then fails every handshake.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,8 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use rustls::ServerConfig;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -31,6 +35,28 @@ pub const SINK_NAME: &str = "sink.test";
 /// The largest message the sink takes (advertised with SIZE).
 const MAX_SIZE: usize = 64 * 1024 * 1024;
 const MAX_LINE: usize = 64 * 1024;
+
+/// The TLS session a transaction came over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSession {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    /// The name the client sent in SNI (none for an IP address).
+    pub sni: Option<String>,
+}
+
+/// Whether and how the sink offers STARTTLS.
+#[derive(Clone)]
+enum StartTls {
+    /// Not offered.
+    Off,
+    /// Offered, with this certificate and settings.
+    On(Arc<ServerConfig>),
+    /// Offered; the 220 is followed by bytes that are not TLS, and the connection closes.
+    Broken,
+}
 
 /// One mail transaction that reached the end of DATA.
 #[derive(Clone, Debug)]
@@ -61,9 +87,16 @@ pub struct Transaction {
     pub reply_code: u16,
     /// When the end of data was received.
     pub at: Instant,
+    /// The TLS session it came over; `None` in plain text.
+    pub tls: Option<TlsSession>,
 }
 
 impl Transaction {
+    /// True when the transaction came over TLS (after STARTTLS).
+    pub fn over_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// True when the sink answered the end of data with 2xx.
     pub fn accepted(&self) -> bool {
         (200..300).contains(&self.reply_code)
@@ -101,6 +134,9 @@ struct State {
     data_reply: Option<(u16, String)>,
     data_delay: Duration,
     commands: Vec<String>,
+    starttls: StartTls,
+    tls_handshakes: usize,
+    tls_failures: usize,
 }
 
 struct Shared {
@@ -125,6 +161,7 @@ pub struct SinkBuilder {
     data_reply: Option<(u16, String)>,
     data_delay: Duration,
     paused: bool,
+    starttls: StartTls,
 }
 
 impl SinkBuilder {
@@ -155,6 +192,20 @@ impl SinkBuilder {
         self
     }
 
+    /// Offers STARTTLS in EHLO and, when asked, runs the handshake with `config` (e.g.
+    /// [`crate::tls::TestCa::server_config`]); then the session starts over (RFC 3207 4.2).
+    pub fn starttls(mut self, config: Arc<ServerConfig>) -> SinkBuilder {
+        self.starttls = StartTls::On(config);
+        self
+    }
+
+    /// Offers STARTTLS, answers it 220, then answers the client's first handshake bytes with
+    /// bytes that are not TLS and closes: every handshake fails. Sessions that do not ask for STARTTLS work as usual.
+    pub fn broken_starttls(mut self) -> SinkBuilder {
+        self.starttls = StartTls::Broken;
+        self
+    }
+
     /// Starts on `ip` with an OS-assigned port.
     pub async fn start(self, ip: impl Into<IpAddr>) -> Sink {
         let listener = match TcpListener::bind(SocketAddr::new(ip.into(), 0)).await {
@@ -181,6 +232,9 @@ impl SinkBuilder {
                 data_reply: self.data_reply,
                 data_delay: self.data_delay,
                 commands: Vec::new(),
+                starttls: self.starttls,
+                tls_handshakes: 0,
+                tls_failures: 0,
             }),
             paused,
         });
@@ -208,6 +262,7 @@ impl Sink {
             data_reply: None,
             data_delay: Duration::ZERO,
             paused: false,
+            starttls: StartTls::Off,
         }
     }
 
@@ -265,6 +320,17 @@ impl Sink {
     /// Every command line received, in order (for diagnostics).
     pub fn commands(&self) -> Vec<String> {
         self.shared.state().commands.clone()
+    }
+
+    /// TLS handshakes that succeeded after STARTTLS.
+    pub fn tls_handshakes(&self) -> usize {
+        self.shared.state().tls_handshakes
+    }
+
+    /// TLS handshakes that failed after STARTTLS (the client gave up on the certificate, or
+    /// [`SinkBuilder::broken_starttls`]).
+    pub fn tls_failures(&self) -> usize {
+        self.shared.state().tls_failures
     }
 
     /// Replaces the RCPT policy.
@@ -393,9 +459,13 @@ struct Open {
     refused: Vec<(String, u16)>,
 }
 
-async fn reply(
+/// The byte stream of a session: TCP, or TLS over it after STARTTLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn reply<W: AsyncWrite + Unpin + ?Sized>(
     shared: &Shared,
-    w: &mut OwnedWriteHalf,
+    w: &mut W,
     code: u16,
     lines: &[&str],
 ) -> io::Result<()> {
@@ -431,11 +501,13 @@ async fn session(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
 async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io::Result<()> {
     let local = stream.local_addr()?;
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
+    let starttls = shared.state().starttls.clone();
+    // Reads go through the buffer; replies are written to the stream under it.
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
+    let mut tls: Option<TlsSession> = None;
     reply(
         shared,
-        &mut w,
+        io.get_mut(),
         220,
         &[&format!("{SINK_NAME} ESMTP recording sink")],
     )
@@ -445,7 +517,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut r)
+        let n = (&mut io)
             .take(MAX_LINE as u64)
             .read_until(b'\n', &mut line)
             .await?;
@@ -464,7 +536,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
                 helo = Some((arg, true));
                 open = None;
                 let size = format!("SIZE {MAX_SIZE}");
-                let lines = [
+                let mut lines = vec![
                     SINK_NAME,
                     "PIPELINING",
                     "8BITMIME",
@@ -472,18 +544,60 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
                     "SMTPUTF8",
                     "ENHANCEDSTATUSCODES",
                 ];
-                reply(shared, &mut w, 250, &lines).await?;
+                if tls.is_none() && !matches!(starttls, StartTls::Off) {
+                    lines.push("STARTTLS");
+                }
+                reply(shared, io.get_mut(), 250, &lines).await?;
+            }
+            "STARTTLS" if !matches!(starttls, StartTls::Off) => {
+                if tls.is_some() {
+                    reply(shared, io.get_mut(), 503, &["5.5.1 TLS already active"]).await?;
+                    continue;
+                }
+                // RFC 3207 4: commands pipelined behind STARTTLS are not taken.
+                let pending = io.buffer().len();
+                io.consume(pending);
+                reply(shared, io.get_mut(), 220, &["2.0.0 ready to start TLS"]).await?;
+                let config = match &starttls {
+                    StartTls::On(config) => Arc::clone(config),
+                    _ => {
+                        // After the ClientHello, so that the garbage cannot arrive with the 220.
+                        let mut hello = [0u8; 512];
+                        let wait = Duration::from_secs(5);
+                        let _ = tokio::time::timeout(wait, io.get_mut().read(&mut hello)).await;
+                        let _ = io
+                            .get_mut()
+                            .write_all(b"\x15\x03\x03 this is not TLS\r\n")
+                            .await;
+                        shared.state().tls_failures += 1;
+                        return Ok(());
+                    }
+                };
+                let stream = io.into_inner();
+                let accepted = tokio_rustls::TlsAcceptor::from(config).accept(stream).await;
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(_) => {
+                        shared.state().tls_failures += 1;
+                        return Ok(());
+                    }
+                };
+                shared.state().tls_handshakes += 1;
+                tls = Some(tls_session(stream.get_ref().1));
+                io = BufReader::new(Box::new(stream));
+                helo = None;
+                open = None;
             }
             "HELO" => {
                 helo = Some((arg, false));
                 open = None;
-                reply(shared, &mut w, 250, &[SINK_NAME]).await?;
+                reply(shared, io.get_mut(), 250, &[SINK_NAME]).await?;
             }
             "MAIL" => {
                 if helo.is_none() {
-                    reply(shared, &mut w, 503, &["5.5.1 EHLO first"]).await?;
+                    reply(shared, io.get_mut(), 503, &["5.5.1 EHLO first"]).await?;
                 } else if open.is_some() {
-                    reply(shared, &mut w, 503, &["5.5.1 nested MAIL"]).await?;
+                    reply(shared, io.get_mut(), 503, &["5.5.1 nested MAIL"]).await?;
                 } else if let Some((path, params)) = parse_path(&arg, "FROM:") {
                     shared.state().started += 1;
                     open = Some(Open {
@@ -492,18 +606,18 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
                         rcpts: Vec::new(),
                         refused: Vec::new(),
                     });
-                    reply(shared, &mut w, 250, &["2.1.0 ok"]).await?;
+                    reply(shared, io.get_mut(), 250, &["2.1.0 ok"]).await?;
                 } else {
-                    reply(shared, &mut w, 501, &["5.5.4 bad MAIL syntax"]).await?;
+                    reply(shared, io.get_mut(), 501, &["5.5.4 bad MAIL syntax"]).await?;
                 }
             }
             "RCPT" => {
                 let Some(tx) = open.as_mut() else {
-                    reply(shared, &mut w, 503, &["5.5.1 MAIL first"]).await?;
+                    reply(shared, io.get_mut(), 503, &["5.5.1 MAIL first"]).await?;
                     continue;
                 };
                 let Some((rcpt, _)) = parse_path(&arg, "TO:") else {
-                    reply(shared, &mut w, 501, &["5.5.4 bad RCPT syntax"]).await?;
+                    reply(shared, io.get_mut(), 501, &["5.5.4 bad RCPT syntax"]).await?;
                     continue;
                 };
                 let verdict = {
@@ -516,25 +630,25 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
                 match verdict {
                     None => {
                         tx.rcpts.push(rcpt);
-                        reply(shared, &mut w, 250, &["2.1.5 ok"]).await?;
+                        reply(shared, io.get_mut(), 250, &["2.1.5 ok"]).await?;
                     }
                     Some((code, text)) => {
                         tx.refused.push((rcpt, code));
-                        reply(shared, &mut w, code, &[&text]).await?;
+                        reply(shared, io.get_mut(), code, &[&text]).await?;
                     }
                 }
             }
             "DATA" => {
                 let Some(tx) = open.take() else {
-                    reply(shared, &mut w, 503, &["5.5.1 MAIL first"]).await?;
+                    reply(shared, io.get_mut(), 503, &["5.5.1 MAIL first"]).await?;
                     continue;
                 };
                 if tx.rcpts.is_empty() {
-                    reply(shared, &mut w, 554, &["5.5.1 no valid recipients"]).await?;
+                    reply(shared, io.get_mut(), 554, &["5.5.1 no valid recipients"]).await?;
                     continue;
                 }
-                reply(shared, &mut w, 354, &["end with <CRLF>.<CRLF>"]).await?;
-                let data = read_data(&mut r).await?;
+                reply(shared, io.get_mut(), 354, &["end with <CRLF>.<CRLF>"]).await?;
+                let data = read_data(&mut io).await?;
                 let (helo_name, esmtp) = helo.clone().unwrap_or_default();
                 let (code, text, delay) = {
                     let st = shared.state();
@@ -558,27 +672,46 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> io
                     longest_line: data.longest_line,
                     reply_code: code,
                     at: Instant::now(),
+                    tls: tls.clone(),
                 });
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 if data.too_big {
-                    reply(shared, &mut w, 552, &["5.3.4 message too big"]).await?;
+                    reply(shared, io.get_mut(), 552, &["5.3.4 message too big"]).await?;
                 } else {
-                    reply(shared, &mut w, code, &[&text]).await?;
+                    reply(shared, io.get_mut(), code, &[&text]).await?;
                 }
             }
             "RSET" => {
                 open = None;
-                reply(shared, &mut w, 250, &["2.0.0 ok"]).await?;
+                reply(shared, io.get_mut(), 250, &["2.0.0 ok"]).await?;
             }
-            "NOOP" => reply(shared, &mut w, 250, &["2.0.0 ok"]).await?,
+            "NOOP" => reply(shared, io.get_mut(), 250, &["2.0.0 ok"]).await?,
             "QUIT" => {
-                reply(shared, &mut w, 221, &["2.0.0 bye"]).await?;
+                reply(shared, io.get_mut(), 221, &["2.0.0 bye"]).await?;
                 return Ok(());
             }
-            _ => reply(shared, &mut w, 500, &["5.5.2 unknown command"]).await?,
+            _ => reply(shared, io.get_mut(), 500, &["5.5.2 unknown command"]).await?,
         }
+    }
+}
+
+fn tls_session(conn: &rustls::ServerConnection) -> TlsSession {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    TlsSession {
+        version,
+        cipher,
+        sni: conn.server_name().map(str::to_string),
     }
 }
 
@@ -818,6 +951,105 @@ mod tests {
         assert!(c.read_reply().await.is_err(), "reply is held back");
         c.set_timeout(T);
         assert_eq!(c.read_reply().await.expect("reply").code, 250);
+    }
+
+    /// Sends `command` and reads one reply (all its lines) over any stream.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        io: &mut BufReader<S>,
+        command: &str,
+    ) -> String {
+        if !command.is_empty() {
+            io.get_mut()
+                .write_all(format!("{command}\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                io.read_line(&mut line).await.expect("read") > 0,
+                "EOF after {reply:?}"
+            );
+            reply.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return reply;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn starttls_sink_records_transactions_over_tls_with_version_and_sni() {
+        let ca = crate::tls::TestCa::new();
+        let sink = Sink::builder()
+            .starttls(ca.server_config(&["mx.sink.test"]))
+            .start(Ipv4Addr::LOCALHOST)
+            .await;
+        let stream = TcpStream::connect(sink.addr()).await.expect("connect");
+        let mut plain = BufReader::new(stream);
+        assert!(exchange(&mut plain, "").await.starts_with("220"));
+        assert!(exchange(&mut plain, "EHLO c.test")
+            .await
+            .contains("250 STARTTLS"));
+        // Before TLS: a plain transaction is recorded as such.
+        for command in ["MAIL FROM:<a@x.test>", "RCPT TO:<b@y.test>", "DATA"] {
+            exchange(&mut plain, command).await;
+        }
+        assert!(exchange(&mut plain, "Subject: plain\r\n\r\nx\r\n.")
+            .await
+            .starts_with("250"));
+        assert!(exchange(&mut plain, "STARTTLS").await.starts_with("220"));
+        let name = rustls::pki_types::ServerName::try_from("mx.sink.test").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(ca.client_config())
+            .connect(name, plain.into_inner())
+            .await
+            .expect("handshake");
+        let mut tls = BufReader::new(tls);
+        let ehlo = exchange(&mut tls, "EHLO c.test").await;
+        assert!(!ehlo.contains("STARTTLS"), "not offered twice: {ehlo}");
+        assert!(exchange(&mut tls, "MAIL FROM:<a@x.test>")
+            .await
+            .starts_with("250"));
+        for command in ["RCPT TO:<b@y.test>", "DATA"] {
+            exchange(&mut tls, command).await;
+        }
+        assert!(exchange(&mut tls, "Subject: tls\r\n\r\nx\r\n.")
+            .await
+            .starts_with("250"));
+        let m = sink.wait_for(2, T).await;
+        assert!(!m[0].over_tls());
+        let session = m[1].tls.clone().expect("over TLS");
+        assert_eq!(session.version, "TLSv1.3");
+        assert!(session.cipher.starts_with("TLS13_"), "{}", session.cipher);
+        assert_eq!(session.sni.as_deref(), Some("mx.sink.test"));
+        assert_eq!(sink.tls_handshakes(), 1);
+    }
+
+    #[tokio::test]
+    async fn broken_starttls_fails_the_handshake_but_plain_sessions_work() {
+        let ca = crate::tls::TestCa::new();
+        let sink = Sink::builder()
+            .broken_starttls()
+            .start(Ipv4Addr::LOCALHOST)
+            .await;
+        let stream = TcpStream::connect(sink.addr()).await.expect("connect");
+        let mut plain = BufReader::new(stream);
+        exchange(&mut plain, "").await;
+        assert!(exchange(&mut plain, "EHLO c.test")
+            .await
+            .contains("STARTTLS"));
+        assert!(exchange(&mut plain, "STARTTLS").await.starts_with("220"));
+        let name = rustls::pki_types::ServerName::try_from("mx.sink.test").expect("name");
+        let handshake = tokio_rustls::TlsConnector::from(ca.client_config())
+            .connect(name, plain.into_inner())
+            .await;
+        assert!(handshake.is_err());
+        assert_eq!(sink.tls_failures(), 1);
+        let mut c = SmtpClient::connect(sink.addr()).await.expect("connect");
+        c.send_mail("a@x.test", &["b@y.test"], b"Subject: x\r\n\r\nbody\r\n")
+            .await
+            .expect("accepted in plain text");
+        assert!(!sink.wait_for(1, T).await[0].over_tls());
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use clap::{Parser, ValueEnum};
 use relay_bench::latency::Latencies;
 use relay_bench::message::{rfc5322_date, MessageTemplate};
 use relay_bench::reply::{self, Reply, ReplyError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The last bytes of a message, written separately so that latency is measured
@@ -77,6 +77,23 @@ struct Args {
     /// Exit 0 even if some messages were rejected or failed.
     #[arg(long)]
     allow_failures: bool,
+    /// TLS: none, starttls (after the first EHLO, then EHLO again) or implicit (from the first
+    /// byte, port 465 style). The server's certificate is not verified.
+    #[arg(long, value_enum, default_value_t = Tls::None)]
+    tls: Tls,
+    /// Log in with AUTH PLAIN on every connection, as USER:PASSWORD.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    auth: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Tls {
+    /// Plain SMTP.
+    None,
+    /// STARTTLS after EHLO.
+    Starttls,
+    /// TLS before the greeting.
+    Implicit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,6 +118,10 @@ struct Plan {
     messages: Option<u64>,
     deadline: Option<Instant>,
     next: AtomicU64,
+    tls: Tls,
+    connector: Option<tokio_rustls::TlsConnector>,
+    /// The AUTH PLAIN initial response, base64.
+    auth: Option<String>,
 }
 
 enum Recipients {
@@ -136,6 +157,8 @@ enum Stage {
     Connect,
     Greeting,
     Ehlo,
+    StartTls,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -150,6 +173,8 @@ impl fmt::Display for Stage {
             Stage::Connect => "connect",
             Stage::Greeting => "greeting",
             Stage::Ehlo => "EHLO",
+            Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
             Stage::Mail => "MAIL",
             Stage::Rcpt => "RCPT",
             Stage::Data => "DATA",
@@ -287,9 +312,13 @@ impl Stats {
     }
 }
 
-/// One SMTP connection after a successful EHLO.
+/// The byte stream of a connection: TCP, or TLS over it.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// One SMTP connection after a successful EHLO (and STARTTLS and AUTH, when asked for).
 struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
     /// Bytes read and not yet parsed as replies.
     buf: Vec<u8>,
     pipelining: bool,
@@ -311,6 +340,11 @@ impl Connection {
         }?;
         // Commands and the end of data are small writes the server waits for.
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Transport> = if plan.tls == Tls::Implicit {
+            Box::new(handshake(plan, stream).await?)
+        } else {
+            Box::new(stream)
+        };
         let mut conn = Connection {
             stream,
             buf: Vec::with_capacity(4096),
@@ -320,6 +354,27 @@ impl Connection {
             timeout: plan.timeout,
         };
         expect(Stage::Greeting, conn.reply(Stage::Greeting).await?, 220)?;
+        conn.hello(plan).await?;
+        if plan.tls == Tls::Starttls {
+            conn.write(Stage::StartTls, b"STARTTLS\r\n").await?;
+            expect(Stage::StartTls, conn.reply(Stage::StartTls).await?, 220)?;
+            let placeholder = Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()));
+            let plain = std::mem::replace(&mut conn.stream, placeholder);
+            conn.stream = Box::new(handshake(plan, plain).await?);
+            // RFC 3207: the session starts over after the handshake.
+            conn.hello(plan).await?;
+        }
+        if let Some(response) = &plan.auth {
+            conn.write(Stage::Auth, format!("AUTH PLAIN {response}\r\n").as_bytes())
+                .await?;
+            expect(Stage::Auth, conn.reply(Stage::Auth).await?, 235)?;
+        }
+        Ok(conn)
+    }
+
+    /// EHLO (HELO for a server without ESMTP), noting PIPELINING and SIZE.
+    async fn hello(&mut self, plan: &Plan) -> Result<(), Failure> {
+        let conn = self;
         conn.write(Stage::Ehlo, format!("EHLO {}\r\n", plan.helo).as_bytes())
             .await?;
         let ehlo = conn.reply(Stage::Ehlo).await?;
@@ -334,7 +389,7 @@ impl Connection {
                 plan.pipelining == Pipelining::Auto && ehlo.has_extension("PIPELINING");
             conn.size_extension = ehlo.has_extension("SIZE");
         }
-        Ok(conn)
+        Ok(())
     }
 
     /// Sends one message; on success returns the end-of-data latency.
@@ -492,6 +547,99 @@ impl Connection {
     }
 }
 
+/// The client side of a TLS handshake (the certificate is not verified: a benchmark measures
+/// the server, whatever certificate it has).
+async fn handshake<S>(
+    plan: &Plan,
+    stream: S,
+) -> Result<tokio_rustls::client::TlsStream<S>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(connector) = &plan.connector else {
+        return Err(SessionError::Io {
+            stage: Stage::StartTls,
+            source: io::Error::other("TLS was not set up"),
+        });
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(plan.server.ip().into());
+    match tokio::time::timeout(plan.timeout, connector.connect(name, stream)).await {
+        Err(_) => Err(timeout_error(Stage::StartTls, plan.timeout)),
+        Ok(Err(source)) => Err(SessionError::Io {
+            stage: Stage::StartTls,
+            source,
+        }),
+        Ok(Ok(stream)) => Ok(stream),
+    }
+}
+
+/// Accepts any server certificate; the handshake signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client configuration, when `--tls` asks for TLS. No session resumption: every
+/// connection costs the server a full handshake, as new clients do.
+fn connector(tls: Tls) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+    if tls == Tls::None {
+        return Ok(None);
+    }
+    // ring, like the relay (see relay::tls::crypto_provider).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
 fn timeout_error(stage: Stage, limit: Duration) -> SessionError {
     SessionError::Timeout {
         stage,
@@ -517,6 +665,15 @@ fn expect(stage: Stage, reply: Reply, want: u16) -> Result<(), Failure> {
         return Ok(());
     }
     Err(rejected(stage, reply).unwrap_or_else(Failure::Error))
+}
+
+/// The AUTH PLAIN initial response for `USER:PASSWORD`.
+fn auth_plain(credentials: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let (user, password) = credentials
+        .split_once(':')
+        .context("--auth wants USER:PASSWORD")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}")))
 }
 
 /// One session: connect, send messages while the plan has some, reconnect as needed.
@@ -626,6 +783,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         messages: args.messages,
         deadline: args.duration.map(|d| started + Duration::from_secs_f64(d)),
         next: AtomicU64::new(0),
+        tls: args.tls,
+        connector: connector(args.tls)?,
+        auth: args.auth.as_deref().map(auth_plain).transpose()?,
     });
 
     let tasks: Vec<_> = (0..args.sessions)

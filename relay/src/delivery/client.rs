@@ -2,6 +2,8 @@
 //!
 //! The wire rules live in small sans-IO pieces ([`parse_reply`], [`DataEncoder`],
 //! [`Extensions`]); [`Connection`] only moves bytes and applies timeouts (RFC 5321 4.5.3.2).
+//! [`Connection::starttls`] upgrades a session to TLS (RFC 3207); which policy asks for it, and
+//! the handshake, are in [`super::tls`].
 
 use std::fmt::Write as _;
 use std::io;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::tls::{self, StartTls, TlsFailure, TlsInfo};
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 
 /// Most bytes one server reply may take (all its lines together). A server sending more is
@@ -43,7 +46,7 @@ pub(crate) struct ClientSettings {
     pub data_timeout: Duration,
 }
 
-/// The byte stream under a session: plain TCP now; the TLS stream after STARTTLS later.
+/// The byte stream under a session: plain TCP, or the TLS stream over it after STARTTLS.
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
@@ -80,6 +83,19 @@ pub(crate) enum SessionError {
     /// The server sent something that is not an SMTP reply.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// TLS could not be negotiated or verified, or the policy needs TLS the server lacks.
+    #[error("{0}")]
+    Tls(TlsFailure),
+}
+
+/// Why [`Connection::starttls`] did not give a TLS session.
+#[derive(Debug)]
+pub(crate) struct StartTlsError {
+    /// What went wrong.
+    pub error: SessionError,
+    /// The session, still in plain text and able to carry mail, when the server refused
+    /// STARTTLS with a reply (other than 421): RFC 3207 4 lets the client go on without TLS.
+    pub plain: Option<Connection>,
 }
 
 impl SessionError {
@@ -125,6 +141,7 @@ impl SessionError {
                 Some(EnhancedCode(4, 5, 0)),
                 format!("Remote server protocol error: {detail}"),
             ),
+            SessionError::Tls(failure) => failure.to_reply(),
         }
     }
 }
@@ -152,6 +169,8 @@ pub(crate) struct Connection {
     peer: SocketAddr,
     banner_host: String,
     extensions: Extensions,
+    /// Set once STARTTLS succeeded.
+    tls: Option<TlsInfo>,
     settings: ClientSettings,
     transactions: u32,
     /// False once the session is in an unknown state (I/O error, timeout, 421, protocol error,
@@ -164,6 +183,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("peer", &self.peer)
             .field("banner_host", &self.banner_host)
+            .field("tls", &self.tls)
             .field("transactions", &self.transactions)
             .field("usable", &self.usable)
             .finish_non_exhaustive()
@@ -198,6 +218,7 @@ impl Connection {
             peer,
             banner_host: String::new(),
             extensions: Extensions::default(),
+            tls: None,
             settings: settings.clone(),
             transactions: 0,
             usable: true,
@@ -219,6 +240,47 @@ impl Connection {
             .to_owned();
         conn.hello().await?;
         Ok(conn)
+    }
+
+    /// Upgrades the session to TLS (RFC 3207): STARTTLS, the handshake `request` describes,
+    /// then EHLO again, whose extensions replace the ones from before TLS (RFC 3207 4.2).
+    ///
+    /// A refusal other than 421 leaves the plain session usable ([`StartTlsError::plain`]);
+    /// after a failed handshake the connection is gone.
+    pub async fn starttls(mut self, request: &StartTls) -> Result<Connection, StartTlsError> {
+        let lost = |error: SessionError| StartTlsError { error, plain: None };
+        let limit = self.settings.command_timeout;
+        self.write(b"STARTTLS\r\n", "STARTTLS")
+            .await
+            .map_err(lost)?;
+        let reply = self.read_reply("STARTTLS", limit).await.map_err(lost)?;
+        if reply.code == 421 {
+            return Err(lost(SessionError::Reply {
+                stage: "STARTTLS",
+                reply,
+            }));
+        }
+        if reply.code != 220 {
+            let error = SessionError::Tls(TlsFailure::Refused {
+                peer: request.peer.clone(),
+                reply: reply_summary(&reply),
+            });
+            let plain = self.usable.then_some(self);
+            return Err(StartTlsError { error, plain });
+        }
+        if !self.rbuf.is_empty() {
+            return Err(lost(SessionError::Tls(TlsFailure::Injected {
+                peer: request.peer.clone(),
+            })));
+        }
+        let (stream, info) = tls::handshake(self.stream, request, limit)
+            .await
+            .map_err(|failure| lost(SessionError::Tls(failure)))?;
+        self.stream = Box::new(stream);
+        self.tls = Some(info);
+        self.extensions = Extensions::default();
+        self.hello().await.map_err(lost)?;
+        Ok(self)
     }
 
     async fn hello(&mut self) -> Result<(), SessionError> {
@@ -430,6 +492,16 @@ impl Connection {
     /// The remote address of the session.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The service extensions of the last EHLO (after STARTTLS: the ones offered over TLS).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The TLS session's version and cipher, once STARTTLS succeeded; `None` in plain text.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
     }
 
     /// The host name the server announced in its greeting (first word after 220).
@@ -1826,6 +1898,177 @@ mod tests {
         assert!(!conn.reusable());
         conn.quit().await;
         server.await.unwrap();
+    }
+
+    // ---- STARTTLS ----
+
+    /// What the STARTTLS server does when STARTTLS arrives.
+    enum AfterStartTls {
+        /// 220, the handshake, then EHLO and QUIT over TLS.
+        Handshake(std::sync::Arc<rustls::ServerConfig>),
+        /// 454; the session goes on in plain text.
+        Refuse,
+        /// 220 with another reply stuck behind it.
+        Inject,
+    }
+
+    /// A server whose EHLO offers STARTTLS; returns the commands it saw, plain and over TLS.
+    async fn serve_starttls(after: AfterStartTls) -> (SocketAddr, JoinHandle<Vec<String>>) {
+        async fn line<S: tokio::io::AsyncBufRead + Unpin>(reader: &mut S) -> Option<String> {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => None,
+                Ok(_) => Some(String::from_utf8_lossy(&line).trim_end().to_owned()),
+            }
+        }
+        /// Answers EHLO with `ehlo` and QUIT with 221 until the client leaves.
+        async fn converse<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+            stream: S,
+            ehlo: &str,
+            seen: &mut Vec<String>,
+        ) {
+            let mut stream = BufReader::new(stream);
+            while let Some(command) = line(&mut stream).await {
+                seen.push(command.clone());
+                let reply = match command.as_str() {
+                    "QUIT" => "221 2.0.0 bye\r\n",
+                    c if c.starts_with("EHLO") => ehlo,
+                    _ => "500 5.5.2 what?\r\n",
+                };
+                let _ = stream.get_mut().write_all(reply.as_bytes()).await;
+                if command == "QUIT" {
+                    let _ = stream.get_mut().shutdown().await;
+                    return;
+                }
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut stream = BufReader::new(stream);
+            stream
+                .get_mut()
+                .write_all(b"220 mx.test ESMTP\r\n")
+                .await
+                .unwrap();
+            for reply in ["250-mx.test\r\n250-SIZE 100\r\n250 STARTTLS\r\n", ""] {
+                let Some(command) = line(&mut stream).await else {
+                    return seen;
+                };
+                seen.push(command);
+                if !reply.is_empty() {
+                    stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                }
+            }
+            let plain_ehlo = "250-mx.test\r\n250 STARTTLS\r\n";
+            match after {
+                AfterStartTls::Handshake(config) => {
+                    stream
+                        .get_mut()
+                        .write_all(b"220 2.0.0 go ahead\r\n")
+                        .await
+                        .unwrap();
+                    assert!(
+                        stream.buffer().is_empty(),
+                        "the client sent nothing after STARTTLS"
+                    );
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let Ok(tls) = acceptor.accept(stream.into_inner()).await else {
+                        return seen;
+                    };
+                    let ehlo = "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 5000\r\n";
+                    converse(tls, ehlo, &mut seen).await;
+                }
+                AfterStartTls::Refuse => {
+                    stream
+                        .get_mut()
+                        .write_all(b"454 4.7.0 TLS not available\r\n")
+                        .await
+                        .unwrap();
+                    converse(stream, plain_ehlo, &mut seen).await;
+                }
+                AfterStartTls::Inject => {
+                    stream
+                        .get_mut()
+                        .write_all(b"220 go ahead\r\n250 injected\r\n")
+                        .await
+                        .unwrap();
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest).await;
+                }
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    fn starttls_request(addr: SocketAddr) -> StartTls {
+        tls::testing::settings("")
+            .request(tls::TlsPolicy::Opportunistic, "mx.test", addr.ip())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn starttls_upgrades_the_session_and_takes_the_extensions_of_the_second_ehlo() {
+        let ca = tls::testing::TestCa::new("CA");
+        let (addr, server) =
+            serve_starttls(AfterStartTls::Handshake(ca.server_config(&["mx.test"]))).await;
+        let conn = Connection::open(addr, None, &settings()).await.unwrap();
+        assert!(conn.extensions().starttls);
+        assert!(conn.tls().is_none());
+        let conn = conn.starttls(&starttls_request(addr)).await.unwrap();
+        let info = conn.tls().expect("TLS");
+        assert_eq!(info.version, "TLSv1.3");
+        assert!(!info.verified);
+        // RFC 3207 4.2: what was offered before TLS is forgotten.
+        assert!(!conn.extensions().starttls);
+        assert!(conn.extensions().pipelining);
+        assert_eq!(conn.extensions().size_limit, Some(5000));
+        assert!(conn.reusable());
+        conn.quit().await;
+        assert_eq!(
+            server.await.unwrap(),
+            vec!["EHLO relay.test", "STARTTLS", "EHLO relay.test", "QUIT"]
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_starttls_leaves_the_plain_session_usable() {
+        let (addr, server) = serve_starttls(AfterStartTls::Refuse).await;
+        let conn = Connection::open(addr, None, &settings()).await.unwrap();
+        let err = conn.starttls(&starttls_request(addr)).await.unwrap_err();
+        match &err.error {
+            SessionError::Tls(TlsFailure::Refused { reply, .. }) => {
+                assert_eq!(reply, "454 4.7.0 TLS not available")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.error.to_reply().enhanced, Some(EnhancedCode(4, 7, 5)));
+        let plain = err.plain.expect("the plain session goes on");
+        assert!(plain.reusable());
+        assert!(plain.tls().is_none());
+        plain.quit().await;
+        assert_eq!(
+            server.await.unwrap(),
+            vec!["EHLO relay.test", "STARTTLS", "QUIT"]
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_starttls_reply_end_the_session() {
+        let (addr, _server) = serve_starttls(AfterStartTls::Inject).await;
+        let conn = Connection::open(addr, None, &settings()).await.unwrap();
+        // Both lines may arrive in one read: the second must not be taken as sent over TLS.
+        let err = conn.starttls(&starttls_request(addr)).await.unwrap_err();
+        assert!(
+            matches!(err.error, SessionError::Tls(TlsFailure::Injected { .. })),
+            "{:?}",
+            err.error
+        );
+        assert!(err.plain.is_none());
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! Outbound delivery: one round per due message, recipients grouped by domain, each group sent
-//! to its route or MX, outcomes written back to the spool (retry, delivered, bounced + DSN).
+//! to its route or MX under the domain's TLS policy, outcomes written back to the spool (retry,
+//! delivered, bounced + DSN).
 
 pub(crate) mod client;
 pub(crate) mod dsn;
 pub(crate) mod mx;
 mod pool;
 mod source;
+pub(crate) mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,8 +26,9 @@ use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 use crate::spool::scheduler::Notifier;
 use crate::spool::{now_ms, Durability, MessageId, QueueEntry, RcptState, Spool, SpoolError};
 
-use client::{ClientSettings, Connection, RcptResult, SessionError};
+use client::{ClientSettings, Connection, RcptResult, SessionError, StartTlsError};
 use mx::{DnsError, MxResolver};
+use tls::{TlsFailure, TlsInfo, TlsPolicy, TlsSettings};
 
 /// How delivery behaves, taken from the config once.
 pub(crate) struct Settings {
@@ -36,6 +39,7 @@ pub(crate) struct Settings {
     pub(crate) max_messages_per_connection: u32,
     pub(crate) routes: Vec<(RouteDomain, NextHop)>,
     pub(crate) client: ClientSettings,
+    pub(crate) tls: TlsSettings,
 }
 
 impl Settings {
@@ -59,6 +63,7 @@ impl Settings {
                 command_timeout: d.command_timeout.0,
                 data_timeout: d.data_timeout.0,
             },
+            tls: TlsSettings::from_config(config),
         }
     }
 
@@ -97,6 +102,8 @@ enum Outcome {
     Delivered {
         reply: Reply,
         mx: String,
+        /// The session's TLS; `None` in plain text.
+        tls: Option<TlsInfo>,
     },
     Failed(Failure),
     /// A plugin held the delivery until this time (throttling); not an attempt.
@@ -144,6 +151,7 @@ fn failure_kind(err: &SessionError) -> FailureKind {
         SessionError::Connect(_) | SessionError::Io(_) | SessionError::Protocol(_) => {
             FailureKind::Connection
         }
+        SessionError::Tls(_) => FailureKind::Tls,
     }
 }
 
@@ -158,6 +166,7 @@ struct Group {
     smtputf8: bool,
     tags: Vec<(String, String)>,
     plugins: Option<Arc<PluginSet>>,
+    tls_policy: TlsPolicy,
 }
 
 impl Delivery {
@@ -242,24 +251,25 @@ impl Delivery {
         let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
         {
             // One transaction per destination: a domain, or a route's next hop shared by
-            // every domain it serves.
-            let mut by_destination: BTreeMap<String, (String, Vec<(usize, Mailbox)>)> =
-                BTreeMap::new();
+            // every domain it serves that has the same TLS policy.
+            type Destination = (String, TlsPolicy, Vec<(usize, Mailbox)>);
+            let mut by_destination: BTreeMap<String, Destination> = BTreeMap::new();
             for (i, r) in entry.recipients.iter().enumerate() {
                 if r.is_due(now) {
+                    let policy = self.0.settings.tls.policy_for(&r.addr.domain);
                     let key = match self.0.settings.route_for(&r.addr.domain) {
-                        Some(hop) => format!("route:{hop}"),
+                        Some(hop) => format!("route:{hop}|tls:{policy}"),
                         None => r.addr.domain.clone(),
                     };
                     by_destination
                         .entry(key)
-                        .or_insert_with(|| (r.addr.domain.clone(), Vec::new()))
-                        .1
+                        .or_insert_with(|| (r.addr.domain.clone(), policy, Vec::new()))
+                        .2
                         .push((i, r.addr.clone()));
                 }
             }
             let mut groups = JoinSet::new();
-            for (_, (domain, rcpts)) in by_destination {
+            for (_, (domain, tls_policy, rcpts)) in by_destination {
                 let this = self.clone();
                 let group = Group {
                     id,
@@ -271,6 +281,7 @@ impl Delivery {
                     smtputf8: entry.smtputf8,
                     tags: entry.tags.clone(),
                     plugins: plugins.clone(),
+                    tls_policy,
                 };
                 groups.spawn(async move { this.deliver_group(group).await });
             }
@@ -357,11 +368,16 @@ impl Delivery {
                     };
                     continue;
                 }
-                Outcome::Delivered { reply, mx } => {
+                Outcome::Delivered { reply, mx, tls } => {
                     rcpt.attempts += 1;
                     let text = reply_text(&reply);
-                    tracing::info!(event = "delivered", msg_id = %id, rcpt = %rcpt.addr, mx = %mx, reply = %text, attempts = rcpt.attempts, "delivered");
+                    let (version, cipher) = tls
+                        .as_ref()
+                        .map_or(("none", "none"), |t| (t.version, t.cipher));
+                    let verified = tls.as_ref().is_some_and(|t| t.verified);
+                    tracing::info!(event = "delivered", msg_id = %id, rcpt = %rcpt.addr, mx = %mx, reply = %text, attempts = rcpt.attempts, tls = version, cipher, tls_verified = verified, "delivered");
                     crate::metrics::global().delivered();
+                    crate::metrics::global().delivered_tls(tls.as_ref());
                     rcpt.state = RcptState::Delivered;
                     rcpt.last_reply = Some(text);
                     continue;
@@ -492,6 +508,7 @@ impl Delivery {
             smtputf8,
             tags,
             plugins,
+            tls_policy,
         } = group;
         let all = |make: &dyn Fn() -> Outcome| -> Vec<(usize, Outcome)> {
             rcpts.iter().map(|(i, _)| (*i, make())).collect()
@@ -559,7 +576,7 @@ impl Delivery {
             Some(ip) => format!("{key}|{ip}"),
             None => key,
         };
-        let mut checkout = self.0.pool.checkout(&key).await;
+        let mut checkout = self.0.pool.checkout(&key, tls_policy).await;
         let addrs: Vec<Mailbox> = rcpts.iter().map(|(_, r)| r.clone()).collect();
 
         // A kept-alive connection may have been closed by the other side meanwhile: if it fails
@@ -587,7 +604,10 @@ impl Delivery {
             if source_ip.is_some_and(|ip| ip.is_ipv4() != addr.is_ipv4()) {
                 continue;
             }
-            match Connection::open(*addr, source_ip, settings).await {
+            let opened = self
+                .open(&id_text, host, *addr, source_ip, settings, tls_policy)
+                .await;
+            match opened {
                 Ok(mut conn) => {
                     let mx = format!("{host}[{}]", addr.ip());
                     return match conn.send(&from, &addrs, &body, eight_bit, smtputf8).await {
@@ -601,6 +621,11 @@ impl Delivery {
                             })
                         }
                     };
+                }
+                Err(err @ SessionError::Tls(_)) => {
+                    let reply = err.to_reply();
+                    tracing::info!(event = "tls_failed", msg_id = %id, mx = %host, addr = %addr, source = ?source_ip, tls_policy = %tls_policy, error = %reply_text(&reply), "TLS policy not met; trying the next MX");
+                    last_error = Some((reply, failure_kind(&err)));
                 }
                 Err(err) => {
                     let reply = err.to_reply();
@@ -641,6 +666,7 @@ impl Delivery {
     ) -> Vec<(usize, Outcome)> {
         let keep =
             conn.reusable() && conn.transactions() < self.0.settings.max_messages_per_connection;
+        let tls = conn.tls().cloned();
         if keep {
             checkout.release(Some(conn));
         } else {
@@ -655,6 +681,7 @@ impl Delivery {
                     RcptResult::Delivered(reply) => Outcome::Delivered {
                         reply,
                         mx: mx.clone(),
+                        tls: tls.clone(),
                     },
                     RcptResult::Failed(reply) => {
                         Outcome::failed(reply, Some(mx.clone()), FailureKind::RemoteReply, source)
@@ -663,6 +690,55 @@ impl Delivery {
                 (*i, outcome)
             })
             .collect()
+    }
+
+    /// Opens a session to one MX address and applies the TLS policy: STARTTLS when the policy
+    /// wants it and the server offers it (EHLO again over TLS). `required` and `verify` fail
+    /// with [`SessionError::Tls`] when TLS is not offered or fails; `opportunistic` then goes on
+    /// in plain text, on a new connection if the failed handshake took the old one.
+    async fn open(
+        &self,
+        id: &str,
+        host: &str,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        settings: &ClientSettings,
+        policy: TlsPolicy,
+    ) -> Result<Connection, SessionError> {
+        let conn = Connection::open(addr, source, settings).await?;
+        let request = match self.0.settings.tls.request(policy, host, addr.ip()) {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(conn),
+            Err(failure) => {
+                tokio::spawn(conn.quit());
+                return Err(SessionError::Tls(failure));
+            }
+        };
+        if !conn.extensions().starttls {
+            if policy.requires_tls() {
+                tokio::spawn(conn.quit());
+                return Err(SessionError::Tls(TlsFailure::NotOffered {
+                    peer: request.peer,
+                }));
+            }
+            return Ok(conn);
+        }
+        let (error, plain) = match conn.starttls(&request).await {
+            Ok(conn) => return Ok(conn),
+            Err(StartTlsError { error, plain }) => (error, plain),
+        };
+        if policy.requires_tls() || !matches!(error, SessionError::Tls(_)) {
+            if let Some(conn) = plain {
+                tokio::spawn(conn.quit());
+            }
+            return Err(error);
+        }
+        // RFC 7435: opportunistic TLS that fails must not cost the delivery.
+        tracing::warn!(event = "tls_fallback", msg_id = %id, mx = %host, addr = %addr, error = %error, reconnect = plain.is_none(), "TLS failed; delivering without TLS (opportunistic policy)");
+        match plain {
+            Some(conn) => Ok(conn),
+            None => Connection::open(addr, source, settings).await,
+        }
     }
 
     /// Where mail for `domain` goes: the pool key and the addresses to try, in order.
@@ -717,5 +793,24 @@ pub(crate) fn reply_text(reply: &Reply) -> String {
     match reply.enhanced {
         Some(code) => format!("{} {} {}", reply.code, code, text),
         None => format!("{} {}", reply.code, text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_reach_on_bounce_as_kind_tls() {
+        let err = SessionError::Tls(TlsFailure::NotOffered {
+            peer: "mx.example.test [192.0.2.1]".into(),
+        });
+        assert!(matches!(failure_kind(&err), FailureKind::Tls));
+        assert_eq!(
+            reply_text(&err.to_reply()),
+            "451 4.7.5 TLS required by policy but mx.example.test [192.0.2.1] offered no STARTTLS"
+        );
+        let io = SessionError::Io(std::io::Error::other("reset"));
+        assert!(matches!(failure_kind(&io), FailureKind::Connection));
     }
 }

@@ -34,9 +34,9 @@ pub enum Verb {
     Etrn,
     /// `TURN` (not implemented).
     Turn,
-    /// `STARTTLS` (not offered yet).
+    /// `STARTTLS` (RFC 3207).
     StartTls,
-    /// `AUTH` (not offered yet).
+    /// `AUTH` (RFC 4954).
     Auth,
     /// Anything else.
     Unknown,
@@ -114,12 +114,15 @@ pub struct MailParams {
     pub body: Option<Body>,
     /// `SMTPUTF8` (RFC 6531): UTF-8 addresses and headers may follow.
     pub smtputf8: bool,
+    /// `AUTH=<mailbox>` or `AUTH=<>` (RFC 4954 5): who submitted the message originally,
+    /// as xtext. Accepted and recorded, never trusted: the session's own login decides.
+    pub auth: Option<String>,
 }
 
 impl MailParams {
     /// True if any parameter was given (they require EHLO).
     pub fn any(&self) -> bool {
-        self.size.is_some() || self.body.is_some() || self.smtputf8
+        self.size.is_some() || self.body.is_some() || self.smtputf8 || self.auth.is_some()
     }
 }
 
@@ -153,6 +156,15 @@ pub enum Command {
     Vrfy,
     /// `HELP [topic]`.
     Help,
+    /// `STARTTLS`.
+    StartTls,
+    /// `AUTH mechanism [initial-response]`.
+    Auth {
+        /// The SASL mechanism name, upper-cased.
+        mechanism: String,
+        /// The initial response (base64, or `=` for an empty one), if given.
+        initial: Option<String>,
+    },
 }
 
 /// Why a command line was refused, with the verb it started with (the session
@@ -261,8 +273,28 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
     };
     match verb {
         Verb::Unknown => err(CommandErrorKind::Unknown),
-        Verb::Expn | Verb::Etrn | Verb::Turn | Verb::StartTls | Verb::Auth => {
-            err(CommandErrorKind::NotImplemented)
+        Verb::Expn | Verb::Etrn | Verb::Turn => err(CommandErrorKind::NotImplemented),
+        Verb::StartTls => no_args(Command::StartTls, "STARTTLS"),
+        Verb::Auth => {
+            let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+            let mechanism = words.next();
+            let initial = words.next();
+            match (mechanism, initial, words.next()) {
+                (Some(m), initial, None)
+                    if m.len() <= 20
+                        && m.iter()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+                        && initial.is_none_or(|i| i.iter().all(u8::is_ascii_graphic)) =>
+                {
+                    Ok(Command::Auth {
+                        mechanism: String::from_utf8_lossy(m).to_ascii_uppercase(),
+                        initial: initial.map(|i| String::from_utf8_lossy(i).into_owned()),
+                    })
+                }
+                _ => err(CommandErrorKind::Syntax(
+                    "AUTH mechanism [initial-response]",
+                )),
+            }
         }
         Verb::Ehlo | Verb::Helo => {
             // Lenient: the first word is the name; anything after it is ignored.
@@ -355,6 +387,15 @@ fn parse_mail(args: &[u8]) -> Result<Command, CommandErrorKind> {
                 return Err(CommandErrorKind::BadParam("duplicate SMTPUTF8"));
             }
             params.smtputf8 = true;
+        } else if key.eq_ignore_ascii_case("AUTH") {
+            let v = value.ok_or(CommandErrorKind::BadParam("AUTH needs a value"))?;
+            if params.auth.is_some() {
+                return Err(CommandErrorKind::BadParam("duplicate AUTH"));
+            }
+            if v.len() > 500 {
+                return Err(CommandErrorKind::BadParam("AUTH value too long"));
+            }
+            params.auth = Some(v.to_owned());
         } else {
             return Err(CommandErrorKind::UnsupportedParam(truncate(key)));
         }
@@ -487,15 +528,31 @@ mod tests {
         assert_eq!(code("FOO bar"), "500 5.5.2");
         assert_eq!(code(""), "500 5.5.2");
         assert_eq!(code("MAILFROM:<a@b>"), "500 5.5.2");
-        for v in [
-            "EXPN list",
-            "ETRN example.com",
-            "TURN",
-            "STARTTLS",
-            "AUTH PLAIN",
-        ] {
+        for v in ["EXPN list", "ETRN example.com", "TURN"] {
             assert_eq!(code(v), "502 5.5.1", "{v}");
         }
+    }
+
+    #[test]
+    fn starttls_and_auth_are_parsed() {
+        assert_eq!(parse("starttls"), Ok(Command::StartTls));
+        assert_eq!(code("STARTTLS now"), "501 5.5.4");
+        assert_eq!(
+            parse("auth plain AGEAYg=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGEAYg==".into())
+            })
+        );
+        assert_eq!(
+            parse("AUTH LOGIN"),
+            Ok(Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial: None
+            })
+        );
+        assert_eq!(code("AUTH"), "501 5.5.4");
+        assert_eq!(code("AUTH PLAIN a b"), "501 5.5.4");
     }
 
     #[test]
@@ -561,9 +618,15 @@ mod tests {
             MailParams {
                 size: Some(1000),
                 body: Some(Body::EightBitMime),
-                smtputf8: true
+                smtputf8: true,
+                auth: None,
             }
         );
+        let Ok(Command::Mail(_, p)) = parse("MAIL FROM:<a@b> AUTH=<>") else {
+            panic!("not parsed");
+        };
+        assert_eq!(p.auth.as_deref(), Some("<>"));
+        assert!(parse("MAIL FROM:<a@b> AUTH=<> AUTH=<>").is_err());
         let Ok(Command::Mail(_, p)) = parse("MAIL FROM:<> BODY=7BIT  SIZE=99999999999999999999")
         else {
             panic!("not parsed");
@@ -576,7 +639,7 @@ mod tests {
     fn mail_param_errors() {
         assert_eq!(code("MAIL FROM:<a@b> BODY=BINARYMIME"), "555 5.5.4");
         assert_eq!(code("MAIL FROM:<a@b> RET=HDRS"), "555 5.5.4");
-        assert_eq!(code("MAIL FROM:<a@b> AUTH=<>"), "555 5.5.4");
+        assert_eq!(code("MAIL FROM:<a@b> RET=FULL"), "555 5.5.4");
         assert_eq!(code("MAIL FROM:<a@b> SIZE=abc"), "501 5.5.4");
         assert_eq!(code("MAIL FROM:<a@b> SIZE"), "501 5.5.4");
         assert_eq!(code("MAIL FROM:<a@b> SIZE=1 SIZE=2"), "501 5.5.4");

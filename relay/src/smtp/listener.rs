@@ -4,16 +4,21 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use tokio_rustls::TlsAcceptor;
+
 use super::{
-    received_header, ClientInfo, EnhancedCode, IncomingMessage, MailRequest, Mailbox, RcptRequest,
-    ReceivedInfo, Reply, Resolution, Session, SessionConfig, Step,
+    received_header, AuthOffer, AuthRequest, ClientInfo, EnhancedCode, IncomingMessage,
+    MailRequest, Mailbox, RcptRequest, ReceivedInfo, Reply, Resolution, Session, SessionConfig,
+    Step,
 };
+use crate::auth::{Admission, AuthLimiter, Users, Verified};
+use crate::config::{Listener, ListenerTls};
 use crate::hooks;
 use crate::inspect;
 use crate::policy::{DataAction, DataInput, Hook, PluginSet, Policy, RcptInput, RcptVerdict};
@@ -30,6 +35,56 @@ pub(crate) trait Handler {
     async fn check_rcpt(&mut self, request: &RcptRequest, helo: &str) -> Resolution;
     /// Take a complete message: `Resolution::Queued(id)` only once it is safe.
     async fn message(&mut self, message: IncomingMessage, peer: SocketAddr) -> Resolution;
+    /// Check a login: `Resolution::Accept`, or a `Reject` with `535 5.7.8` (or `421` to end
+    /// the session). Handlers of sessions that never offer AUTH keep the default.
+    async fn authenticate(&mut self, _request: AuthRequest) -> Resolution {
+        Resolution::Reject(Reply::new(
+            454,
+            Some(EnhancedCode(4, 7, 0)),
+            "Temporary authentication failure",
+        ))
+    }
+    /// The connection is now TLS (implicit TLS, or after STARTTLS).
+    fn tls_started(&mut self, _description: &str) {}
+}
+
+/// The byte stream under a session: TCP, or TLS over it.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// TLS for a session: the acceptor and how long a handshake may take.
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// Runs the server side of a TLS handshake on `stream`; `None` (logged) if it fails.
+async fn handshake<S>(
+    stream: S,
+    peer: SocketAddr,
+    tls: &TlsSetup,
+) -> Option<(tokio_rustls::server::TlsStream<S>, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let description = crate::tls::describe(stream.get_ref().1);
+            crate::metrics::global().tls_handshake(true);
+            Some((stream, description))
+        }
+        Ok(Err(err)) => {
+            tracing::info!(event = "tls_handshake_failed", client = %peer.ip(), error = %err, "TLS handshake failed");
+            crate::metrics::global().tls_handshake(false);
+            None
+        }
+        Err(_) => {
+            tracing::info!(event = "tls_handshake_failed", client = %peer.ip(), error = "timed out", "TLS handshake failed");
+            crate::metrics::global().tls_handshake(false);
+            None
+        }
+    }
 }
 
 /// Read timeouts for one session.
@@ -39,18 +94,20 @@ pub(crate) struct Timeouts {
     pub(crate) data: Duration,
 }
 
-/// Runs one SMTP session to its end over `stream`.
+/// Runs one SMTP session to its end over `stream`; `tls` serves STARTTLS.
 pub(crate) async fn drive<S, H>(
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
     mut session: Session,
     handler: &mut H,
     timeouts: Timeouts,
+    tls: Option<&TlsSetup>,
 ) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
+    let mut stream: Box<dyn Transport> = Box::new(stream);
     let mut out = Vec::with_capacity(1024);
     session.greeting().write_to(&mut out);
     stream.write_all(&out).await?;
@@ -95,6 +152,25 @@ where
                 let resolution = handler.message(*message, peer).await;
                 session.resolve(resolution, &mut out);
             }
+            Step::Authenticate(request) => {
+                let resolution = handler.authenticate(request).await;
+                session.resolve(resolution, &mut out);
+            }
+            Step::StartTls => {
+                stream.write_all(&out).await?;
+                out.clear();
+                // The session only asks for STARTTLS where it was offered, which needs `tls`.
+                let Some(tls) = tls else {
+                    return Ok(());
+                };
+                let Some((secured, description)) = handshake(stream, peer, tls).await else {
+                    return Ok(());
+                };
+                tracing::debug!(event = "starttls", client = %peer.ip(), tls = %description);
+                handler.tls_started(&description);
+                session.tls_started(description);
+                stream = Box::new(secured);
+            }
             Step::Close => {
                 if !out.is_empty() {
                     stream.write_all(&out).await?;
@@ -118,6 +194,18 @@ pub(crate) struct Inbound {
     pub(crate) connections: Mutex<Connections>,
     /// The policy plugins, when `[plugins] dir` is set.
     pub(crate) policy: Option<Policy>,
+    /// The server certificate, when `[tls]` is set.
+    pub(crate) tls: Option<TlsSetup>,
+    /// SMTP AUTH, when `[auth]` is set.
+    pub(crate) auth: Option<AuthSetup>,
+}
+
+/// The users who may log in and the brute-force limiter.
+pub(crate) struct AuthSetup {
+    pub(crate) users: Arc<Users>,
+    pub(crate) limiter: AuthLimiter,
+    /// Name the user in the Received header.
+    pub(crate) received_shows_user: bool,
 }
 
 /// Open inbound connections, in total and per client address.
@@ -159,8 +247,8 @@ impl Inbound {
     }
 }
 
-/// Accepts connections on `listener` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
+/// Accepts connections on `listener` (configured as `settings`) until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, inbound: Arc<Inbound>, settings: Arc<Listener>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -172,14 +260,15 @@ pub(crate) async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
             }
         };
         let inbound = Arc::clone(&inbound);
+        let settings = Arc::clone(&settings);
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            handle(stream, peer, &inbound).await;
+            handle(stream, peer, &inbound, &settings).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound) {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound, settings: &Listener) {
     let Some(_admitted) = inbound.admit(peer.ip()) else {
         let mut out = Vec::new();
         Session::too_busy(&inbound.session).write_to(&mut out);
@@ -193,20 +282,50 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound) {
         .relay_networks
         .iter()
         .any(|n| n.contains(&peer.ip()));
-    let session = Session::new(
-        Arc::clone(&inbound.session),
-        ClientInfo {
-            peer: peer.ip(),
-            relay_allowed,
-        },
-    );
+    let tls = inbound
+        .tls
+        .as_ref()
+        .filter(|_| settings.tls != ListenerTls::None);
+    let auth = match &inbound.auth {
+        None => AuthOffer::Never,
+        Some(_) if settings.auth_in_clear_on_loopback && peer.ip().to_canonical().is_loopback() => {
+            AuthOffer::Always
+        }
+        Some(_) => AuthOffer::WithTls,
+    };
+    let mut client = ClientInfo {
+        peer: peer.ip(),
+        relay_allowed,
+        tls: None,
+        starttls: settings.tls == ListenerTls::Starttls && tls.is_some(),
+        auth,
+        require_auth: settings.require_auth,
+        require_tls: settings.require_tls,
+    };
     let mut handler = RelayHandler {
         inbound,
         peer: peer.ip(),
         plugins: None,
         accepted: 0,
+        auth_user: None,
+        tls: false,
     };
-    if let Err(err) = drive(stream, peer, session, &mut handler, inbound.timeouts).await {
+    let result = match (settings.tls, tls) {
+        (ListenerTls::Implicit, Some(tls)) => {
+            let Some((secured, description)) = handshake(stream, peer, tls).await else {
+                return;
+            };
+            handler.tls_started(&description);
+            client.tls = Some(description);
+            let session = Session::new(Arc::clone(&inbound.session), client);
+            drive(secured, peer, session, &mut handler, inbound.timeouts, None).await
+        }
+        _ => {
+            let session = Session::new(Arc::clone(&inbound.session), client);
+            drive(stream, peer, session, &mut handler, inbound.timeouts, tls).await
+        }
+    };
+    if let Err(err) = result {
         tracing::debug!(client = %peer.ip(), error = %err, "session ended with an I/O error");
     }
 }
@@ -220,6 +339,10 @@ struct RelayHandler<'a> {
     plugins: Option<Arc<PluginSet>>,
     /// Recipients accepted in the current transaction.
     accepted: u32,
+    /// The user the client logged in as.
+    auth_user: Option<String>,
+    /// True once the connection is TLS.
+    tls: bool,
 }
 
 impl RelayHandler<'_> {
@@ -228,7 +351,65 @@ impl RelayHandler<'_> {
     }
 }
 
+/// The tag that carries the logged-in user to later hooks (`choose_ip`, `on_bounce`) and logs.
+pub(crate) const AUTH_USER_TAG: &str = "auth_user";
+
 impl Handler for RelayHandler<'_> {
+    async fn authenticate(&mut self, request: AuthRequest) -> Resolution {
+        let Some(auth) = &self.inbound.auth else {
+            return Resolution::Reject(Reply::new(
+                454,
+                Some(EnhancedCode(4, 7, 0)),
+                "Temporary authentication failure",
+            ));
+        };
+        let ip = self.peer;
+        match auth.limiter.check(ip, Instant::now()) {
+            Admission::Allow => {}
+            Admission::Delay(delay) => tokio::time::sleep(delay).await,
+            Admission::LockedOut { remaining } => {
+                tracing::info!(event = "auth_refused", client = %ip, user = %request.user, reason = "locked out", "login refused: too many failures from this address");
+                crate::metrics::global().auth_attempt("locked_out");
+                return Resolution::Reject(Reply::new(
+                    421,
+                    Some(EnhancedCode(4, 7, 0)),
+                    format!(
+                        "Too many failed logins; try again in {} minutes",
+                        remaining.as_secs().div_ceil(60).max(1)
+                    ),
+                ));
+            }
+        }
+        match auth.users.verify(&request.user, &request.password).await {
+            Verified::Ok => {
+                auth.limiter.success(ip);
+                tracing::info!(event = "auth_ok", client = %ip, user = %request.user, mechanism = request.mechanism, tls = self.tls, "client logged in");
+                crate::metrics::global().auth_attempt("ok");
+                self.auth_user = Some(request.user);
+                Resolution::Accept
+            }
+            Verified::BadCredentials => {
+                let locked = auth.limiter.failure(ip, Instant::now());
+                tracing::info!(event = "auth_failed", client = %ip, user = %request.user, mechanism = request.mechanism, "login failed");
+                crate::metrics::global().auth_attempt("failed");
+                if locked {
+                    tracing::warn!(event = "auth_lockout", client = %ip, "too many failed logins: address locked out");
+                }
+                Resolution::Reject(Reply::new(
+                    535,
+                    Some(EnhancedCode(5, 7, 8)),
+                    "Authentication credentials invalid",
+                ))
+            }
+        }
+    }
+
+    fn tls_started(&mut self, _description: &str) {
+        self.tls = true;
+        // RFC 3207 4.2: nothing from before the handshake carries over, a login included.
+        self.auth_user = None;
+    }
+
     async fn check_mail(&mut self, _request: &MailRequest, _helo: &str) -> Resolution {
         if !self.inbound.spool.has_free_space() {
             tracing::warn!(
@@ -258,7 +439,7 @@ impl Handler for RelayHandler<'_> {
             return Resolution::Accept;
         };
         let input = RcptInput {
-            session: hooks::session(self.peer, helo),
+            session: hooks::session(self.peer, helo, self.tls, self.auth_user.as_deref()),
             mail_from: hooks::mail_from(&request.mail_from, &request.params),
             recipient: request.to.to_string(),
             accepted_so_far: self.accepted,
@@ -311,7 +492,12 @@ impl Handler for RelayHandler<'_> {
         let mut tags: Vec<(String, String)> = Vec::new();
         if let Some(plugins) = plugins.as_ref().filter(|set| set.implements(Hook::OnData)) {
             let input = DataInput {
-                session: hooks::session(peer.ip(), &message.helo),
+                session: hooks::session(
+                    peer.ip(),
+                    &message.helo,
+                    message.tls.is_some(),
+                    message.auth_user.as_deref(),
+                ),
                 mail_from: hooks::mail_from(&message.mail_from, &message.params),
                 recipients: message.recipients.iter().map(|r| r.to_string()).collect(),
                 message: inspect::message_info(&message.body, plugins.wants_body()),
@@ -340,6 +526,11 @@ impl Handler for RelayHandler<'_> {
             }
             hooks::merge_tags(&mut tags, verdict.tags);
         }
+        // The login is the relay's fact, not a plugin's: a plugin's tag of that name is replaced.
+        tags.retain(|(key, _)| key != AUTH_USER_TAG);
+        if let Some(user) = &message.auth_user {
+            tags.push((AUTH_USER_TAG.to_string(), user.clone()));
+        }
 
         let id = MessageId::generate();
         let now = SystemTime::now()
@@ -351,6 +542,13 @@ impl Handler for RelayHandler<'_> {
             peer: peer.ip(),
             hostname: &self.inbound.session.hostname,
             protocol: message.protocol,
+            tls: message.tls.as_deref(),
+            auth_user: message.auth_user.as_deref().filter(|_| {
+                self.inbound
+                    .auth
+                    .as_ref()
+                    .is_some_and(|a| a.received_shows_user)
+            }),
             id: &id.to_string(),
             recipients: &message.recipients,
             timestamp: now,
@@ -382,7 +580,7 @@ impl Handler for RelayHandler<'_> {
             .await;
         match result {
             Ok(_) => {
-                tracing::info!(event = "received", msg_id = %id, from = %from, rcpts, size = message.body.len() + prefix.len(), client = %peer.ip(), helo = %message.helo, tags = %tag_text, "message queued");
+                tracing::info!(event = "received", msg_id = %id, from = %from, rcpts, size = message.body.len() + prefix.len(), client = %peer.ip(), helo = %message.helo, auth_user = message.auth_user.as_deref().unwrap_or(""), tls = message.tls.as_deref().unwrap_or("none"), tags = %tag_text, "message queued");
                 crate::metrics::global().message_received();
                 self.inbound.notifier.queued(id);
                 Resolution::Queued(id.to_string())

@@ -21,5 +21,6 @@ pub use data::{BareLineEnding, DataDecoder, DataError, DataLimits, DecodedMessag
 pub use received::{received_header, rfc5322_date, ReceivedInfo};
 pub use reply::{EnhancedCode, Reply};
 pub use session::{
-    ClientInfo, IncomingMessage, MailRequest, RcptRequest, Resolution, Session, SessionConfig, Step,
+    AuthOffer, AuthRequest, ClientInfo, IncomingMessage, MailRequest, RcptRequest, Resolution,
+    Session, SessionConfig, Step,
 };

@@ -14,8 +14,12 @@ pub struct ReceivedInfo<'a> {
     pub peer: IpAddr,
     /// Our own host name (`by` clause).
     pub hostname: &'a str,
-    /// `SMTP`, `ESMTP` (and later `ESMTPS`, `ESMTPA`, ...): the `with` clause.
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPA` or `ESMTPSA` (RFC 3848): the `with` clause.
     pub protocol: &'a str,
+    /// The TLS protocol and cipher, for a message that came over TLS.
+    pub tls: Option<&'a str>,
+    /// The user the client logged in as, when it is to be shown.
+    pub auth_user: Option<&'a str>,
     /// The queue id of the message (`id` clause).
     pub id: &'a str,
     /// The envelope recipients; a `for` clause is written only when there is exactly one.
@@ -32,7 +36,9 @@ const MAX_HELO_IN_HEADER: usize = 255;
 ///
 /// ```text
 /// Received: from helo.name ([127.0.0.1])
-///     by relay.test (relay) with ESMTP id ID
+///     (using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)
+///     (Authenticated sender: app@example.com)
+///     by relay.test (relay) with ESMTPSA id ID
 ///     for <rcpt@example.com>; Mon, 23 Nov 2026 13:45:00 +0000
 /// ```
 pub fn received_header(info: &ReceivedInfo<'_>) -> String {
@@ -56,9 +62,16 @@ pub fn received_header(info: &ReceivedInfo<'_>) -> String {
             let _ = write!(h, "[IPv6:{ip}]");
         }
     }
+    h.push(')');
+    if let Some(tls) = info.tls {
+        let _ = write!(h, "\r\n\t(using {})", comment_text(tls));
+    }
+    if let Some(user) = info.auth_user {
+        let _ = write!(h, "\r\n\t(Authenticated sender: {})", comment_text(user));
+    }
     let _ = write!(
         h,
-        ")\r\n\tby {} (relay) with {} id {}",
+        "\r\n\tby {} (relay) with {} id {}",
         info.hostname, info.protocol, info.id
     );
     match info.recipients {
@@ -70,6 +83,21 @@ pub fn received_header(info: &ReceivedInfo<'_>) -> String {
     h.push_str(&rfc5322_date(info.timestamp));
     h.push_str("\r\n");
     h
+}
+
+/// Text that is safe inside a header comment: printable ASCII and spaces, without the
+/// characters that would end or escape the comment; at most 255 characters.
+fn comment_text(text: &str) -> String {
+    text.chars()
+        .take(255)
+        .map(|c| {
+            if (c.is_ascii_graphic() || c == ' ') && !"()\\".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Formats a Unix time as an RFC 5322 3.3 date in UTC: `Mon, 23 Nov 2026 13:45:00 +0000`.
@@ -176,6 +204,8 @@ mod tests {
             peer: "127.0.0.1".parse().unwrap(),
             hostname: "relay.test",
             protocol: "ESMTP",
+            tls: None,
+            auth_user: None,
             id: "ID",
             recipients: &rcpts,
             timestamp: 1_795_441_500,
@@ -187,6 +217,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_login_appear_as_comments_that_cannot_be_broken_out_of() {
+        let rcpts = [mb("rcpt@example.com")];
+        let h = received_header(&ReceivedInfo {
+            helo: "app.test",
+            peer: "192.0.2.7".parse().unwrap(),
+            hostname: "relay.test",
+            protocol: "ESMTPSA",
+            tls: Some("TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256"),
+            auth_user: Some("app@example.com)\r\nBcc: x"),
+            id: "ID",
+            recipients: &rcpts,
+            timestamp: 1_795_441_500,
+        });
+        assert_eq!(
+            h,
+            "Received: from app.test ([192.0.2.7])\r\n\t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\t(Authenticated sender: app@example.com___Bcc: x)\r\n\tby relay.test (relay) with ESMTPSA id ID\r\n\tfor <rcpt@example.com>; Mon, 23 Nov 2026 13:45:00 +0000\r\n"
+        );
+    }
+
+    #[test]
     fn header_without_single_recipient_omits_for_and_uses_ipv6_literal() {
         let rcpts = [mb("a@x"), mb("b@x")];
         let h = received_header(&ReceivedInfo {
@@ -194,6 +244,8 @@ mod tests {
             peer: "2001:db8::1".parse().unwrap(),
             hostname: "relay.test",
             protocol: "SMTP",
+            tls: None,
+            auth_user: None,
             id: "Q1",
             recipients: &rcpts,
             timestamp: 0,
@@ -211,6 +263,8 @@ mod tests {
             peer: "::ffff:192.0.2.7".parse().unwrap(),
             hostname: "r",
             protocol: "ESMTP",
+            tls: None,
+            auth_user: None,
             id: "i",
             recipients: &[],
             timestamp: 0,
@@ -226,6 +280,8 @@ mod tests {
             peer: "127.0.0.1".parse().unwrap(),
             hostname: "r",
             protocol: "ESMTP",
+            tls: None,
+            auth_user: None,
             id: "i",
             recipients: &[],
             timestamp: 0,

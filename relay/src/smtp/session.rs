@@ -92,14 +92,57 @@ impl From<&SessionConfig> for DataLimits {
     }
 }
 
-/// What the I/O layer knows about the client.
+/// What the I/O layer knows about the client and the listener it connected to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientInfo {
     /// The client's address.
     pub peer: IpAddr,
-    /// True if the client may relay (its address is in `relay_networks`).
+    /// True if the client may relay without logging in (its address is in `relay_networks`).
     pub relay_allowed: bool,
+    /// Set while the connection is TLS-protected (implicit TLS, or after STARTTLS): the
+    /// protocol version and cipher, e.g. `TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256`.
+    pub tls: Option<String>,
+    /// True when STARTTLS may be offered (the listener has a certificate).
+    pub starttls: bool,
+    /// When AUTH is offered.
+    pub auth: AuthOffer,
+    /// MAIL FROM needs a login first (`530 5.7.0`), whatever the client's address.
+    pub require_auth: bool,
+    /// MAIL FROM needs TLS first (`530 5.7.0`).
+    pub require_tls: bool,
 }
+
+impl ClientInfo {
+    /// A client on a plain listener without TLS or AUTH.
+    pub fn new(peer: IpAddr, relay_allowed: bool) -> ClientInfo {
+        ClientInfo {
+            peer,
+            relay_allowed,
+            tls: None,
+            starttls: false,
+            auth: AuthOffer::Never,
+            require_auth: false,
+            require_tls: false,
+        }
+    }
+}
+
+/// When a session offers SMTP AUTH (PLAIN and LOGIN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthOffer {
+    /// Not at all (no users are configured).
+    Never,
+    /// Only over TLS: in the clear AUTH gets `538 5.7.11` and is not advertised.
+    WithTls,
+    /// Also in the clear (a listener that allows it, for loopback clients only).
+    Always,
+}
+
+/// The SASL mechanisms the relay offers, as advertised.
+const AUTH_MECHANISMS: &str = "PLAIN LOGIN";
+/// `334` challenges of AUTH LOGIN: "Username:" and "Password:" in base64.
+const LOGIN_USERNAME: &str = "VXNlcm5hbWU6";
+const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
 
 /// What the I/O layer must do after [`Session::process`].
 #[derive(Debug)]
@@ -115,8 +158,35 @@ pub enum Step {
     /// A complete message that passed all checks: spool it and answer
     /// `Resolution::Queued(id)` or `Resolution::Reject(reply)`.
     Message(Box<IncomingMessage>),
+    /// Flush `out` (the `220` to STARTTLS), run the TLS handshake as the server, then call
+    /// [`Session::tls_started`] (or close the connection if the handshake failed). Input the
+    /// client sent behind STARTTLS was discarded (RFC 3207 4.2: it may have been injected).
+    StartTls,
+    /// A login to check: answer with `resolve` (`Resolution::Accept` for a good one,
+    /// `Resolution::Reject` with `535 5.7.8` for a bad one, or with a `421` to end the session).
+    Authenticate(AuthRequest),
     /// Flush `out`, then close the connection.
     Close,
+}
+
+/// Credentials from AUTH PLAIN or AUTH LOGIN, waiting for the I/O layer's check.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// `"PLAIN"` or `"LOGIN"`.
+    pub mechanism: &'static str,
+    /// The user name (authentication identity).
+    pub user: String,
+    /// The password as sent.
+    pub password: Vec<u8>,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("mechanism", &self.mechanism)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A MAIL FROM waiting for the I/O layer's decision.
@@ -180,6 +250,10 @@ pub struct IncomingMessage {
     pub protocol: &'static str,
     /// True when every recipient is a bounce address: a returned DSN, not mail to relay.
     pub bounce: bool,
+    /// The user the client logged in as, if it did.
+    pub auth_user: Option<String>,
+    /// The TLS protocol and cipher the message came over, if it came over TLS.
+    pub tls: Option<String>,
 }
 
 impl fmt::Debug for IncomingMessage {
@@ -193,6 +267,8 @@ impl fmt::Debug for IncomingMessage {
             .field("smtputf8", &self.smtputf8)
             .field("protocol", &self.protocol)
             .field("bounce", &self.bounce)
+            .field("auth_user", &self.auth_user)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -256,6 +332,18 @@ enum Pending {
     Mail(ReversePath, MailParams),
     Rcpt(Mailbox),
     Message,
+    Auth(String),
+}
+
+/// Where an AUTH exchange stands: the next line from the client is a SASL response.
+#[derive(Debug)]
+enum AuthStage {
+    /// AUTH PLAIN without an initial response: the `authzid NUL authcid NUL passwd` comes next.
+    Plain,
+    /// AUTH LOGIN: the user name comes next.
+    LoginUser,
+    /// AUTH LOGIN: the password for this user comes next.
+    LoginPassword(String),
 }
 
 /// One inbound SMTP session. See the module documentation for the contract.
@@ -269,6 +357,10 @@ pub struct Session {
     pending: Option<Pending>,
     errors: u32,
     closed: bool,
+    /// The user this session logged in as.
+    auth_user: Option<String>,
+    /// Set while the client is in the middle of an AUTH exchange.
+    auth_stage: Option<AuthStage>,
 }
 
 fn ok(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -291,6 +383,33 @@ impl Session {
             pending: None,
             errors: 0,
             closed: false,
+            auth_user: None,
+            auth_stage: None,
+        }
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2:
+    /// the client's EHLO, and anything else learnt in the clear, is forgotten).
+    pub fn tls_started(&mut self, description: String) {
+        self.client.tls = Some(description);
+        self.helo = None;
+        self.txn = None;
+        self.auth_user = None;
+        self.auth_stage = None;
+        self.phase = Phase::Command;
+    }
+
+    /// The user the client logged in as, once it has.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
+    /// True when AUTH may be used now.
+    fn auth_available(&self) -> bool {
+        match self.client.auth {
+            AuthOffer::Never => false,
+            AuthOffer::WithTls => self.client.tls.is_some(),
+            AuthOffer::Always => true,
         }
     }
 
@@ -360,7 +479,17 @@ impl Session {
     pub fn process(&mut self, input: &mut Vec<u8>, out: &mut Vec<u8>) -> Step {
         let mut pos = 0;
         let step = self.advance(input, &mut pos, out);
-        input.drain(..pos);
+        if matches!(step, Step::StartTls) {
+            // Whatever came behind STARTTLS was sent in the clear before the handshake: a
+            // man in the middle may have put it there (CVE-2011-0411). It is dropped.
+            let dropped = input.len() - pos;
+            if dropped > 0 {
+                tracing::warn!(event = "starttls_input_discarded", peer = %self.client.peer, bytes = dropped, "discarded input pipelined behind STARTTLS");
+            }
+            input.clear();
+        } else {
+            input.drain(..pos);
+        }
         step
     }
 
@@ -383,9 +512,16 @@ impl Session {
                 if reply.is_permanent() {
                     self.reply_error(reply, out);
                 } else {
+                    if reply.code == 421 {
+                        self.closed = true;
+                    }
                     reply.write_to(out);
                 }
                 return;
+            }
+            (Pending::Auth(user), _) => {
+                self.auth_user = Some(user);
+                ok(235, (2, 7, 0), "Authentication successful")
             }
             (Pending::Mail(from, params), _) => {
                 self.txn = Some(Transaction {
@@ -457,7 +593,11 @@ impl Session {
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     *pos += lf + 1;
                     let after = input.len() - *pos;
-                    if let Some(step) = self.command(line, after, out) {
+                    let step = match self.auth_stage.take() {
+                        Some(stage) => self.auth_response(stage, line, out),
+                        None => self.command(line, after, out),
+                    };
+                    if let Some(step) = step {
                         return step;
                     }
                 }
@@ -526,6 +666,15 @@ impl Session {
         let leftover = match &parsed {
             // Chunk data right behind BDAT is expected, not pipelined input.
             Ok(Command::Bdat { size, .. }) => after as u64 > *size,
+            // Accepted, STARTTLS drops what follows it (see `process`); refused, it is an
+            // ordinary command that ends a pipelined group.
+            Ok(Command::StartTls) if self.starttls_refusal().is_none() => false,
+            // RFC 4954 4: AUTH PLAIN with its initial response completes in one round trip
+            // and may be followed by pipelined commands.
+            Ok(Command::Auth {
+                mechanism,
+                initial: Some(_),
+            }) if mechanism == "PLAIN" => false,
             Err(e) if verb == Verb::Bdat => {
                 // Without a size the chunk cannot be skipped; its octets would be
                 // taken for commands, so end the session here.
@@ -616,14 +765,18 @@ impl Session {
                 self.txn = None;
                 self.helo = Some(Helo { name, esmtp: true });
                 let c = &self.config;
-                Reply::new(
-                    250,
-                    None,
-                    format!(
-                        "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
-                        c.hostname, c.max_message_size
-                    ),
-                )
+                let mut lines = format!(
+                    "{}\nPIPELINING\nSIZE {}\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nCHUNKING",
+                    c.hostname, c.max_message_size
+                );
+                if self.client.starttls && self.client.tls.is_none() {
+                    lines.push_str("\nSTARTTLS");
+                }
+                if self.auth_available() {
+                    lines.push_str("\nAUTH ");
+                    lines.push_str(AUTH_MECHANISMS);
+                }
+                Reply::new(250, None, lines)
             }
             Command::Helo(name) => {
                 self.txn = None;
@@ -649,6 +802,14 @@ impl Session {
                 ok(250, (2, 0, 0), "Ok")
             }
             Command::Noop => ok(250, (2, 0, 0), "Ok"),
+            Command::StartTls => {
+                if let Some(reply) = self.starttls_refusal() {
+                    return self.reply_error(reply, out);
+                }
+                ok(220, (2, 0, 0), "Ready to start TLS").write_to(out);
+                return Some(Step::StartTls);
+            }
+            Command::Auth { mechanism, initial } => return self.auth(&mechanism, initial, out),
             Command::Quit => {
                 ok(
                     221,
@@ -667,7 +828,7 @@ impl Session {
             Command::Help => ok(
                 214,
                 (2, 0, 0),
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
             ),
         };
         reply.write_to(out);
@@ -675,6 +836,19 @@ impl Session {
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams, out: &mut Vec<u8>) -> Option<Step> {
+        if self.client.require_tls && self.client.tls.is_none() {
+            let reply = Reply::enhanced(530, (5, 7, 0), "Must issue a STARTTLS command first");
+            return self.reply_error(reply, out);
+        }
+        if self.client.require_auth && self.auth_user.is_none() {
+            let reply = Reply::enhanced(530, (5, 7, 0), "Authentication required");
+            return self.reply_error(reply, out);
+        }
+        if params.auth.is_some() && !self.auth_available() {
+            // RFC 4954 5: the parameter exists only where AUTH is offered.
+            let reply = Reply::enhanced(555, (5, 5, 4), "Unsupported parameter AUTH");
+            return self.reply_error(reply, out);
+        }
         if params.any() && !self.pipelining() {
             let reply = Reply::enhanced(555, (5, 5, 4), "MAIL parameters require EHLO");
             return self.reply_error(reply, out);
@@ -706,7 +880,7 @@ impl Session {
             return None;
         }
         let bounce = self.config.is_bounce_address(&to);
-        if !self.client.relay_allowed && !bounce {
+        if !self.client.relay_allowed && self.auth_user.is_none() && !bounce {
             let reply = Reply::enhanced(554, (5, 7, 1), "Relay access denied");
             return self.reply_error(reply, out);
         }
@@ -734,6 +908,130 @@ impl Session {
         };
         self.pending = Some(Pending::Rcpt(to));
         Some(Step::CheckRcpt(request))
+    }
+
+    /// Why STARTTLS cannot be used now, if it cannot.
+    fn starttls_refusal(&self) -> Option<Reply> {
+        if self.client.tls.is_some() {
+            Some(bad_sequence("TLS is already active"))
+        } else if !self.client.starttls {
+            Some(Reply::enhanced(502, (5, 5, 1), "STARTTLS not available"))
+        } else if !self.pipelining() {
+            Some(bad_sequence("send EHLO first"))
+        } else if self.txn.is_some() {
+            Some(bad_sequence("not allowed during a mail transaction"))
+        } else {
+            None
+        }
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    fn auth(
+        &mut self,
+        mechanism: &str,
+        initial: Option<String>,
+        out: &mut Vec<u8>,
+    ) -> Option<Step> {
+        let refusal = if self.client.auth == AuthOffer::Never {
+            Some(Reply::enhanced(
+                502,
+                (5, 5, 1),
+                "Authentication not available",
+            ))
+        } else if !self.pipelining() {
+            Some(bad_sequence("send EHLO first"))
+        } else if self.auth_user.is_some() {
+            Some(bad_sequence("already authenticated"))
+        } else if self.txn.is_some() {
+            Some(bad_sequence("not allowed during a mail transaction"))
+        } else if !self.auth_available() {
+            Some(Reply::enhanced(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism (use STARTTLS)",
+            ))
+        } else if mechanism != "PLAIN" && mechanism != "LOGIN" {
+            Some(Reply::enhanced(
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication type",
+            ))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            return self.reply_error(reply, out);
+        }
+        let stage = if mechanism == "PLAIN" {
+            AuthStage::Plain
+        } else {
+            AuthStage::LoginUser
+        };
+        match initial {
+            // "=" is an empty initial response (RFC 4954 4).
+            Some(response) => self.auth_response(stage, response.as_bytes(), out),
+            None => {
+                let challenge = match stage {
+                    AuthStage::Plain => "",
+                    _ => LOGIN_USERNAME,
+                };
+                Reply::new(334, None, challenge).write_to(out);
+                self.auth_stage = Some(stage);
+                None
+            }
+        }
+    }
+
+    /// One SASL response line of an AUTH exchange.
+    fn auth_response(&mut self, stage: AuthStage, line: &[u8], out: &mut Vec<u8>) -> Option<Step> {
+        if line == b"*" {
+            let reply = Reply::enhanced(501, (5, 0, 0), "Authentication cancelled");
+            return self.reply_error(reply, out);
+        }
+        let decoded = if line == b"=" {
+            Some(Vec::new())
+        } else {
+            decode_base64(line)
+        };
+        let Some(decoded) = decoded else {
+            let reply = Reply::enhanced(501, (5, 5, 2), "Invalid base64 data in SASL response");
+            return self.reply_error(reply, out);
+        };
+        let request = match stage {
+            AuthStage::Plain => match parse_plain(&decoded) {
+                Some((user, password)) => AuthRequest {
+                    mechanism: "PLAIN",
+                    user,
+                    password,
+                },
+                None => {
+                    let reply = Reply::enhanced(
+                        501,
+                        (5, 5, 2),
+                        "Malformed AUTH PLAIN response (expected authzid NUL user NUL password)",
+                    );
+                    return self.reply_error(reply, out);
+                }
+            },
+            AuthStage::LoginUser => match String::from_utf8(decoded) {
+                Ok(user) if valid_user_name(&user) => {
+                    Reply::new(334, None, LOGIN_PASSWORD).write_to(out);
+                    self.auth_stage = Some(AuthStage::LoginPassword(user));
+                    return None;
+                }
+                _ => {
+                    let reply = Reply::enhanced(501, (5, 5, 2), "Malformed user name");
+                    return self.reply_error(reply, out);
+                }
+            },
+            AuthStage::LoginPassword(user) => AuthRequest {
+                mechanism: "LOGIN",
+                user,
+                password: decoded,
+            },
+        };
+        self.pending = Some(Pending::Auth(request.user.clone()));
+        Some(Step::Authenticate(request))
     }
 
     /// Starts reading a BDAT chunk; a refused chunk is still read, then answered.
@@ -861,10 +1159,52 @@ impl Session {
             recipients: txn.rcpts,
             body: decoded.body,
             eight_bit: decoded.eight_bit,
-            protocol: if esmtp { "ESMTP" } else { "SMTP" },
+            protocol: protocol_name(esmtp, self.client.tls.is_some(), self.auth_user.is_some()),
             bounce,
+            auth_user: self.auth_user.clone(),
+            tls: self.client.tls.clone(),
         })))
     }
+}
+
+/// The `with` protocol name of the Received field (RFC 3848): ESMTP, plus S over TLS, plus A
+/// after a login.
+fn protocol_name(esmtp: bool, tls: bool, auth: bool) -> &'static str {
+    match (esmtp, tls, auth) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    }
+}
+
+/// Standard base64 with padding, as SASL uses it (RFC 4954 4); `None` if it is not.
+fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// `[authzid] NUL authcid NUL passwd` (RFC 4616). An authorization identity other than the
+/// user's own is refused: nobody may act for another user.
+fn parse_plain(decoded: &[u8]) -> Option<(String, Vec<u8>)> {
+    let mut fields = decoded.splitn(3, |&b| b == 0);
+    let authzid = fields.next()?;
+    let user = std::str::from_utf8(fields.next()?).ok()?;
+    let password = fields.next()?;
+    if !valid_user_name(user) || (!authzid.is_empty() && authzid != user.as_bytes()) {
+        return None;
+    }
+    Some((user.to_owned(), password.to_vec()))
+}
+
+/// A user name as the relay stores them: 1-254 bytes, no spaces, controls or colons.
+fn valid_user_name(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 254
+        && user
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != ':')
 }
 
 #[cfg(test)]
@@ -883,6 +1223,11 @@ mod tests {
         mail_answer: Resolution,
         rcpt_answer: Resolution,
         message_answer: Option<Resolution>,
+        /// Logins asked for, and the answer they get.
+        logins: Vec<AuthRequest>,
+        login_answer: Resolution,
+        /// STARTTLS handshakes the client went through.
+        handshakes: u32,
     }
 
     fn config() -> SessionConfig {
@@ -900,10 +1245,11 @@ mod tests {
 
     impl Client {
         fn with(config: SessionConfig, relay_allowed: bool) -> Client {
-            let client = ClientInfo {
-                peer: "127.0.0.1".parse().unwrap(),
-                relay_allowed,
-            };
+            let client = ClientInfo::new("127.0.0.1".parse().unwrap(), relay_allowed);
+            Client::with_client(config, client)
+        }
+
+        fn with_client(config: SessionConfig, client: ClientInfo) -> Client {
             Client {
                 session: Session::new(Arc::new(config), client),
                 input: Vec::new(),
@@ -915,6 +1261,9 @@ mod tests {
                 mail_answer: Resolution::Accept,
                 rcpt_answer: Resolution::Accept,
                 message_answer: None,
+                logins: Vec::new(),
+                login_answer: Resolution::Accept,
+                handshakes: 0,
             }
         }
 
@@ -970,6 +1319,16 @@ mod tests {
                         self.rcpts.push(r);
                         self.session
                             .resolve(self.rcpt_answer.clone(), &mut self.out);
+                    }
+                    Step::StartTls => {
+                        self.handshakes += 1;
+                        self.session
+                            .tls_started("TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256".into());
+                    }
+                    Step::Authenticate(request) => {
+                        self.logins.push(request);
+                        self.session
+                            .resolve(self.login_answer.clone(), &mut self.out);
                     }
                     Step::Message(m) => {
                         self.messages.push(*m);
@@ -1972,6 +2331,9 @@ mod tests {
             assert!(c.messages.is_empty(), "{seq:?}");
         }
     }
+
+    /// STARTTLS and AUTH (in smtp/session/tests/tls_auth.rs).
+    mod tls_auth;
 
     #[test]
     fn nul_before_dot_is_ordinary_content() {

@@ -9,11 +9,14 @@
 
 mod bounces;
 mod cli;
+mod cli_users;
 mod crash;
 mod delivery;
 mod inbound;
 mod metrics;
+mod outbound_tls;
 mod plugins;
 mod returned_bounces;
 mod smuggling;
 mod spool;
+mod submission;
