@@ -205,6 +205,11 @@ async fn swaks_submits_with_starttls_and_auth_plain_and_login_and_over_implicit_
     assert_eq!(logins.len(), 3, "one login per submission");
     let queued = world.relay.events("received", &[("auth_user", USER)]);
     assert_eq!(queued.len(), 3, "the login is logged with each message");
+    // ... and travels with the message as a tag, for choose_ip and on_bounce.
+    for event in &queued {
+        let tags = relay_tests::field(event, "tags").unwrap_or_default();
+        assert!(tags.contains("auth_user=app@example.com"), "{event}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
