@@ -3,7 +3,8 @@
 #
 #   bench/tls.sh [RELAY_BINARY]      (default: $CARGO_TARGET_DIR/release/relay)
 #
-# One relay (release build, syncing on) with a self-signed RSA-2048 certificate, one user, and
+# One relay (release build, syncing on) with a self-signed certificate (RSA-2048, or ECDSA P-256
+# with KEY=ec), one user, and
 # two listeners: the [server] one (plain, STARTTLS offered, AUTH optional) and an implicit-TLS
 # one; every domain routed to a countsink. loadgen then sends SIZE-byte messages at SESSIONS
 # concurrent sessions, one row each:
@@ -14,7 +15,8 @@
 #   starttls+auth, 1/conn   a new connection, full TLS handshake and login for every message
 #   implicit+auth, 1/conn   the same over implicit TLS
 # loadgen's client does no session resumption, so every TLS connection is a full handshake
-# (ECDHE key exchange and an RSA-2048 signature on the relay's side). The 1/conn rows are the
+# (ECDHE key exchange and a signature with the certificate's key on the relay's side). The
+# 1/conn rows are the
 # handshake rate the relay sustains: connections/s, each with a handshake, a login and one
 # message. Logins after the first are answered from the relay's cache of verified passwords;
 # the first one of the run costs an argon2 hash.
@@ -22,7 +24,7 @@
 # empty queue. The table shows accepted msgs/s, connections/s, p50/p99 end-of-DATA -> 250 and
 # the relay's CPU seconds per 1,000 messages.
 #
-# Environment: CARGO_TARGET_DIR, SIZE (2048), SESSIONS (50), MESSAGES (20000 per row),
+# Environment: CARGO_TARGET_DIR, KEY (rsa or ec), SIZE (2048), SESSIONS (50), MESSAGES (20000 per row),
 # CONN_MESSAGES (5000 per 1/conn row), DRAIN_TIMEOUT (s, 120), KEEP_TMP.
 # Every process it starts is stopped on exit, and its temp dir removed.
 set -euo pipefail
@@ -35,6 +37,12 @@ SESSIONS=${SESSIONS:-50}
 MESSAGES=${MESSAGES:-20000}
 CONN_MESSAGES=${CONN_MESSAGES:-5000}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
+KEY=${KEY:-rsa}
+case $KEY in
+rsa) NEWKEY=(-newkey rsa:2048) KEY_NAME="RSA-2048" ;;
+ec) NEWKEY=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) KEY_NAME="ECDSA P-256" ;;
+*) echo "$ME: KEY must be rsa or ec" >&2; exit 2 ;;
+esac
 need_tools "$RELAY"
 command -v openssl >/dev/null || { echo "$ME: needs openssl (apt-get install openssl)" >&2; exit 2; }
 
@@ -47,7 +55,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=relay.bench" \
+openssl req -x509 "${NEWKEY[@]}" -nodes -days 2 -subj "/CN=relay.bench" \
     -addext "subjectAltName=DNS:relay.bench" \
     -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1
 printf 'bench-password\n' | "$RELAY" user add bench --file "$TMP/users" --password-stdin >/dev/null
@@ -71,7 +79,7 @@ start_relay "$TMP" "$SINK_ADDR" "$TMP/tls.toml"
 line=$(wait_for "$TMP/relay.log" '"event":"listening".*"listener":"implicit"' "$RELAY_PID" 10)
 IMPLICIT_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
 
-echo "relay: $RELAY; $(nproc) CPUs; $SIZE-byte messages, $SESSIONS sessions; certificate RSA-2048 (self-signed)"
+echo "relay: $RELAY; $(nproc) CPUs; $SIZE-byte messages, $SESSIONS sessions; certificate $KEY_NAME (self-signed)"
 printf '\n%-24s %9s %10s %10s %8s %8s %9s\n' load messages "msgs/s" "conns/s" "p50 ms" "p99 ms" "CPU s/1k"
 total=0
 row() {
