@@ -59,6 +59,11 @@ struct Args {
     /// Send to these addresses instead of --to-domain (repeatable; used round-robin).
     #[arg(long, value_name = "ADDR", conflicts_with = "to_domain")]
     to: Vec<String>,
+    /// Offered load: start at most this many messages per second in all (message i is not
+    /// started before i/RATE seconds into the run), so that latency can be measured below
+    /// saturation. Default: as fast as the server answers (a closed loop).
+    #[arg(long, value_name = "MSGS_PER_S")]
+    rate: Option<f64>,
     /// Messages per connection before QUIT and reconnect (default: unlimited).
     #[arg(long, value_name = "N")]
     per_connection: Option<u64>,
@@ -113,6 +118,8 @@ struct Plan {
     to: Recipients,
     rcpts: u32,
     per_connection: Option<u64>,
+    /// With `--rate`: when message 0 may start, and the gap between starts.
+    pacing: Option<(tokio::time::Instant, Duration)>,
     pipelining: Pipelining,
     timeout: Duration,
     messages: Option<u64>,
@@ -683,6 +690,10 @@ async fn session(plan: Arc<Plan>) -> Stats {
     let mut scratch = Vec::new();
     let mut message = Vec::new();
     while let Some(seq) = plan.claim() {
+        if let Some((start, gap)) = plan.pacing {
+            let offset = gap.mul_f64(seq as f64);
+            tokio::time::sleep_until(start + offset).await;
+        }
         stats.attempted += 1;
         let mut current = match conn.take() {
             Some(c) => c,
@@ -778,6 +789,14 @@ async fn main() -> anyhow::Result<ExitCode> {
         },
         rcpts: args.rcpts,
         per_connection: args.per_connection,
+        pacing: match args.rate {
+            Some(rate) if rate > 0.0 && rate.is_finite() => Some((
+                tokio::time::Instant::now(),
+                Duration::from_secs_f64(1.0 / rate),
+            )),
+            Some(_) => anyhow::bail!("--rate must be a positive number of messages per second"),
+            None => None,
+        },
         pipelining: args.pipelining,
         timeout: Duration::from_secs_f64(args.timeout),
         messages: args.messages,
