@@ -269,6 +269,42 @@ async fn auth_before_starttls_is_refused_and_not_offered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_may_allow_auth_in_the_clear_for_loopback_clients() {
+    let world = World::start(
+        "\n[[listener]]\nname = \"local\"\naddress = \"127.0.0.1:0\"\ntls = \"none\"\n\
+         auth_in_clear_on_loopback = true\nrequire_auth = true",
+    )
+    .await;
+    let addr = world.relay.listener_addr("local");
+    let mut c = SmtpClient::connect_from(IpAddr::V4(world.net.ip(2)), addr)
+        .await
+        .expect("connect");
+    let ehlo = c.ehlo("app.test").await.expect("ehlo");
+    assert!(!ehlo.has_extension("STARTTLS"), "{ehlo}");
+    assert!(ehlo.has_extension("AUTH"), "{ehlo}");
+    let auth = c
+        .command(&format!("AUTH PLAIN {}", plain(USER, PASSWORD)))
+        .await
+        .expect("auth");
+    assert_eq!(auth.code, 235, "{auth}");
+    c.send_mail(USER, &["rcpt@dest.test"], b"Subject: local\r\n\r\nhi\r\n")
+        .await
+        .expect("queued");
+    let messages = world.sink.wait_for(1, WAIT).await;
+    let received = messages[0].header("Received").expect("Received");
+    assert!(received.contains("with ESMTPA"), "{received}");
+    // The other listeners still keep AUTH behind TLS.
+    let mut c = SmtpClient::connect_from(
+        IpAddr::V4(world.net.ip(2)),
+        world.relay.listener_addr("submission"),
+    )
+    .await
+    .expect("connect");
+    let ehlo = c.ehlo("app.test").await.expect("ehlo");
+    assert!(!ehlo.has_extension("AUTH"), "{ehlo}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_smtplib_submits_with_starttls_login_and_over_smtp_ssl() {
     let world = World::start("").await;
     let script = r#"
