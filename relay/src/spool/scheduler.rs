@@ -5,7 +5,7 @@
 //! New messages arrive as events and are dispatched at once while there is room; when there is
 //! not (or a retry falls due, or at start-up) the schedule is scanned in due-time order.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -24,6 +24,12 @@ const FLOOR_MARGIN_MS: u64 = 5_000;
 /// How often a scan starts from the beginning of the schedule anyway, so a key that became
 /// visible later than [`FLOOR_MARGIN_MS`] after its time is still found.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(300);
+/// New messages kept in memory while every delivery slot is taken, dispatched in arrival order
+/// as slots free up. Without them each such message would call for a scan, and a scan walks
+/// every schedule key deleted in the last [`FLOOR_MARGIN_MS`]: when delivery lags behind a
+/// burst, that walk cost several microseconds per message. Past this many the rest are left to
+/// a scan, so memory stays bounded.
+const MAX_PENDING: usize = 10_000;
 /// Longest sleep between scans, so a clock step or a missed event cannot stall the queue.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
@@ -92,6 +98,8 @@ impl Scheduler {
     /// Runs until every notifier is dropped.
     pub(crate) async fn run(mut self) {
         let mut in_flight: HashSet<MessageId> = HashSet::with_capacity(self.max_in_flight);
+        // Due now, on disk, not dispatched; empty whenever a scan is needed (the scan finds them).
+        let mut pending: VecDeque<MessageId> = VecDeque::new();
         // At start-up everything on disk is a candidate: the in-memory view is rebuilt from the store.
         let mut need_scan = true;
         let mut floor_ms: u64 = 0;
@@ -100,6 +108,14 @@ impl Scheduler {
         let mut wake_at = Instant::now() + MAX_SLEEP;
         let low_water = (self.max_in_flight / 2).max(1);
         loop {
+            while in_flight.len() < self.max_in_flight {
+                let Some(id) = pending.pop_front() else {
+                    break;
+                };
+                if in_flight.insert(id) && self.dispatch.send(id).is_err() {
+                    return;
+                }
+            }
             let room = self.max_in_flight.saturating_sub(in_flight.len());
             // With a backlog, scan only once half the slots are free, so each scan dispatches many.
             if need_scan && (room >= low_water || in_flight.is_empty()) {
@@ -146,11 +162,16 @@ impl Scheduler {
                 event = self.events.recv() => match event {
                     None => return,
                     Some(Event::Queued(id)) => {
-                        if !need_scan && in_flight.len() < self.max_in_flight {
+                        if need_scan {
+                            // The scan will find it.
+                        } else if in_flight.len() < self.max_in_flight {
                             if in_flight.insert(id) && self.dispatch.send(id).is_err() {
                                 return;
                             }
+                        } else if pending.len() < MAX_PENDING {
+                            pending.push_back(id);
                         } else {
+                            pending.clear();
                             need_scan = true;
                         }
                     }
@@ -162,6 +183,8 @@ impl Scheduler {
                     }
                 },
                 _ = tokio::time::sleep_until(wake_at) => {
+                    // A scan finds the pending messages too; keeping them would send them twice.
+                    pending.clear();
                     need_scan = true;
                     wake_at = Instant::now() + MAX_SLEEP;
                 }
@@ -174,4 +197,83 @@ impl Scheduler {
 fn instant_for(due_ms: u64) -> Instant {
     let now = now_ms();
     Instant::now() + Duration::from_millis(due_ms.saturating_sub(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::{Mailbox, ReversePath};
+    use crate::spool::{schedule_key, Durability, NewMessage, Op, CF_BODY, CF_QUEUE, CF_SCHEDULE};
+
+    /// What a finished delivery writes: the message leaves the queue.
+    async fn finish(spool: &Spool, id: MessageId) {
+        let entry = spool.entry(id).expect("read").expect("queued");
+        let ops = vec![
+            Op::delete(CF_SCHEDULE, schedule_key(entry.due_ms, id).to_vec()),
+            Op::delete(CF_QUEUE, id.key().to_vec()),
+            Op::delete(CF_BODY, id.key().to_vec()),
+        ];
+        spool.commit(ops, Durability::Now).await.expect("commit");
+    }
+
+    async fn queue(spool: &Spool, notifier: &Notifier) -> MessageId {
+        let id = MessageId::generate();
+        spool
+            .insert(
+                id,
+                NewMessage {
+                    mail_from: ReversePath::Null,
+                    recipients: vec![Mailbox::parse("b@y.test").expect("address")],
+                    prefix: b"",
+                    body: b"Subject: x\r\n\r\nbody\r\n",
+                    client: None,
+                    eight_bit: false,
+                    smtputf8: false,
+                    tags: Vec::new(),
+                },
+            )
+            .await
+            .expect("insert");
+        notifier.queued(id);
+        id
+    }
+
+    async fn next(dispatched: &mut mpsc::UnboundedReceiver<MessageId>) -> MessageId {
+        tokio::time::timeout(Duration::from_secs(5), dispatched.recv())
+            .await
+            .expect("dispatched in time")
+            .expect("scheduler running")
+    }
+
+    /// Messages queued while every slot is taken wait in memory and go out in arrival order,
+    /// each exactly once, as slots free up: well before the 30 s fallback scan.
+    #[tokio::test]
+    async fn messages_beyond_the_slots_wait_in_order_and_go_out_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path(), 0).expect("open");
+        let (tx, mut dispatched) = mpsc::unbounded_channel();
+        let (scheduler, notifier) = new(spool.clone(), 2, tx);
+        tokio::spawn(scheduler.run());
+        // Let the start-up scan of the empty spool finish.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.push(queue(&spool, &notifier).await);
+        }
+        let mut seen = vec![next(&mut dispatched).await, next(&mut dispatched).await];
+        while seen.len() < ids.len() {
+            // A delivery finishes and leaves the queue: its slot goes to the next in line.
+            let done = seen[seen.len() - 2];
+            finish(&spool, done).await;
+            notifier.done(done, None).await;
+            seen.push(next(&mut dispatched).await);
+        }
+        assert_eq!(seen, ids, "arrival order, each once");
+        for id in &seen[seen.len() - 2..] {
+            finish(&spool, *id).await;
+            notifier.done(*id, None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(dispatched.try_recv().is_err(), "nothing was sent twice");
+    }
 }
