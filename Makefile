@@ -21,6 +21,8 @@ setup:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@# dkimpy (with PyNaCl for Ed25519): the independent DKIM verifier of the e2e tests.
+	@python3 -c 'import dkim, nacl' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check dkimpy pynacl
 
 # Every plugin crate as a Wasm component in $(WASM_DIR).
 plugins: setup

@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::smtp::BareLineEnding;
 
+mod mail;
+pub use mail::{DkimConfig, DkimKeyConfig, FromPolicy, HygieneConfig};
+
 /// The configuration that `relay serve` uses when no `--config` is given: the safe sandbox in
 /// `examples/relay.toml` (loopback only, local spool, every domain routed to a local `relay sink`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/relay.toml");
@@ -79,6 +82,12 @@ pub struct Config {
     /// `[auth]`: SMTP AUTH users and the brute-force limits.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// `[dkim]`: signing keys and the choice of signing domain.
+    #[serde(default)]
+    pub dkim: Option<DkimConfig>,
+    /// `[hygiene]`: headers added or refused before a message is queued.
+    #[serde(default)]
+    pub hygiene: HygieneConfig,
 }
 
 /// `[tls]`: the server certificate. Both files are watched: a renewed certificate is used for
@@ -977,6 +986,9 @@ impl Config {
             );
         }
         self.validate_listeners(text, file)?;
+        if let Some(dkim) = &self.dkim {
+            mail::validate(dkim, text, file)?;
+        }
         self.validate_tls_policies(text, file)?;
         if self.server.max_line_length < 512 {
             return fail(

@@ -14,7 +14,11 @@ pub mod config;
 #[cfg(feature = "server")]
 pub(crate) mod delivery;
 #[cfg(feature = "server")]
+pub mod dkim;
+#[cfg(feature = "server")]
 pub(crate) mod hooks;
+#[cfg(feature = "server")]
+pub(crate) mod hygiene;
 #[cfg(feature = "server")]
 pub(crate) mod inspect;
 #[cfg(feature = "server")]
@@ -25,6 +29,8 @@ pub mod observe;
 pub mod policy;
 #[cfg(feature = "server")]
 pub mod serve;
+#[cfg(feature = "server")]
+pub(crate) mod signing;
 #[cfg(feature = "server")]
 pub mod sink;
 #[cfg(feature = "server")]

@@ -1,11 +1,12 @@
-//! The `relay` command: `serve`, `check-config`, `plugin`, `sink` and `user`.
+//! The `relay` command: `serve`, `check-config`, `plugin`, `sink`, `user` and `dkim`.
 
 use std::io::BufRead;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use relay::config::{Config, LogConfig, LogFormat, EMBEDDED_DEFAULT};
 use relay::sink::{FailRule, SinkOptions};
 
@@ -63,6 +64,76 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Make DKIM signing keys and check that DNS publishes them.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Generate a signing key, write it (mode 0600) and print the DNS TXT record to publish.
+    Keygen {
+        /// The signing domain (d=), e.g. example.com.
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=): the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// The key type: rsa (every receiver verifies it) or ed25519 (RFC 8463; not all do yet,
+        /// so sign with an RSA key too).
+        #[arg(long, value_enum, default_value_t = KeyType::Rsa)]
+        algo: KeyType,
+        /// RSA key size: 2048 (default), 3072 or 4096.
+        #[arg(long)]
+        bits: Option<usize>,
+        /// The private key file to write [default: DOMAIN.SELECTOR.key in the current directory].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing key file (its key is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Look up SELECTOR._domainkey.DOMAIN and say whether it publishes the key.
+    ///
+    /// Exit status 0 when every checked key is published, 1 when one is not (or DNS failed),
+    /// 2 when a key or config could not be read.
+    Check {
+        /// The signing domain.
+        #[arg(long)]
+        domain: String,
+        /// The selector; with --config, only this domain's key with this selector is checked.
+        #[arg(long, required_unless_present = "config")]
+        selector: Option<String>,
+        #[command(flatten)]
+        source: DkimKeySource,
+        /// A name server to ask, IP or IP:PORT (repeatable) [default: the config's [dns]
+        /// nameservers, else the system resolver].
+        #[arg(long = "nameserver", value_name = "IP:PORT", value_parser = parse_nameserver)]
+        nameservers: Vec<SocketAddr>,
+    },
+}
+
+/// `relay dkim keygen --algo`.
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyType {
+    /// RSA with SHA-256.
+    Rsa,
+    /// Ed25519 with SHA-256.
+    Ed25519,
+}
+
+/// Which key `relay dkim check` compares: a key file, or a config's `[[dkim.key]]`.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct DkimKeySource {
+    /// The private key file.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// A relay config: its [[dkim.key]] tables for --domain, and its [dns] settings.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +188,32 @@ enum PluginCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    algo,
+                    bits,
+                    out,
+                    force,
+                },
+        } => match dkim_keygen(&domain, &selector, algo, bits, out, force) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("relay dkim keygen: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Dkim {
+            command:
+                DkimCommand::Check {
+                    domain,
+                    selector,
+                    source,
+                    nameservers,
+                },
+        } => dkim_check(&domain, selector.as_deref(), &source, nameservers),
         Command::User { command } => match user_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -343,4 +440,229 @@ fn password_from_terminal(name: &relay::auth::UserName) -> anyhow::Result<Vec<u8
         anyhow::bail!("the two passwords differ; nothing was changed");
     }
     Ok(first.into_bytes())
+}
+
+/// Runs `relay dkim keygen`.
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algo: KeyType,
+    bits: Option<usize>,
+    out: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    use relay::dkim::{generate_key, write_key_file, DkimError, KeyAlgorithm, SignerSpec};
+    let domain = domain.trim_end_matches('.');
+    let algorithm = match (algo, bits) {
+        (KeyType::Ed25519, Some(_)) => {
+            anyhow::bail!("--bits is for RSA keys; Ed25519 keys have one size")
+        }
+        (KeyType::Ed25519, None) => KeyAlgorithm::Ed25519,
+        (KeyType::Rsa, _) => KeyAlgorithm::Rsa,
+    };
+    let generated = generate_key(algorithm, bits.unwrap_or(relay::dkim::MIN_RSA_BITS))?;
+    let key = Arc::new(generated.key);
+    // The names go into the file name, the record and the signatures: refuse what would break
+    // them before anything is written.
+    SignerSpec::new(domain, selector, Arc::clone(&key)).validate()?;
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.key")));
+    match write_key_file(&path, &generated.pem, force) {
+        Ok(()) => {}
+        Err(err @ DkimError::KeyFileExists { .. }) => {
+            anyhow::bail!("{err} (use --force to replace it, or --out for another file)")
+        }
+        Err(err) => return Err(err.into()),
+    }
+    // Absolute, so that the config line works whatever directory the relay runs in.
+    let shown = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+    let name = relay::dkim::record_name(selector, domain);
+    let shown = shown.display();
+    let report = format!(
+        "Wrote a new {algorithm} key ({bits} bits) to {shown} (mode 0600).\n\n\
+         Publish this TXT record at {name}:\n\n{zone}\n\n\
+         The record's value alone, for a DNS provider's web form:\n\n{txt}\n\n\
+         Then sign with it: add to the relay config\n\n\
+         [[dkim.key]]\ndomain = {domain_toml}\nselector = {selector_toml}\nkey_file = {file_toml}\n\n\
+         and check the record once it is published:\n\
+         relay dkim check --domain {domain} --selector {selector} --key {shown}\n",
+        algorithm = key.algorithm(),
+        bits = key.bits(),
+        zone = key.public_key().zone_file_line(selector, domain),
+        txt = key.public_key_txt(),
+        domain_toml = toml_string(domain),
+        selector_toml = toml_string(selector),
+        file_toml = toml_string(&shown.to_string()),
+    );
+    // The key is written: if the record cannot be shown, say so rather than panic.
+    std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "wrote {shown}, but cannot print its DNS record ({e}); `relay dkim check \
+             --domain {domain} --selector {selector} --key {shown}` prints it too"
+        )
+    })?;
+    Ok(())
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+/// `--nameserver`: `IP:PORT`, or an IP for port 53.
+fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{text:?} is not IP or IP:PORT (e.g. 127.0.0.1:5353)"))
+}
+
+/// One key for `relay dkim check` to compare.
+struct KeyToCheck {
+    domain: String,
+    selector: String,
+    key_file: PathBuf,
+}
+
+/// Runs `relay dkim check`: 0 when every key is published, 1 when one is not, 2 when the
+/// check could not be made.
+fn dkim_check(
+    domain: &str,
+    selector: Option<&str>,
+    source: &DkimKeySource,
+    nameservers: Vec<SocketAddr>,
+) -> ExitCode {
+    use relay::config::DnsConfig;
+    use relay::dkim::{check, lookup_key_record, record_name, DkimKey, Verdict};
+    let domain = domain.trim_end_matches('.');
+    let (keys, mut dns) = match (&source.key, &source.config, selector) {
+        (Some(key_file), _, Some(selector)) => (
+            vec![KeyToCheck {
+                domain: domain.to_string(),
+                selector: selector.to_string(),
+                key_file: key_file.clone(),
+            }],
+            DnsConfig::default(),
+        ),
+        (_, Some(config), _) => match dkim_keys_from_config(config, domain, selector) {
+            Ok(found) => found,
+            Err(err) => {
+                eprintln!("relay dkim check: {err:#}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("relay dkim check: give --key FILE --selector S, or --config FILE");
+            return ExitCode::from(2);
+        }
+    };
+    if !nameservers.is_empty() {
+        dns.nameservers = nameservers;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("relay dkim check: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut status = 0u8;
+    for wanted in keys {
+        let name = record_name(&wanted.selector, &wanted.domain);
+        let key = match DkimKey::load(&wanted.key_file) {
+            Ok(key) => key,
+            Err(err) => {
+                eprintln!("{name}: cannot check: {err}");
+                status = 2;
+                continue;
+            }
+        };
+        let answer = runtime.block_on(lookup_key_record(&dns, &wanted.selector, &wanted.domain));
+        let verdict = check(key.public_key(), &answer);
+        if verdict.is_match() {
+            println!(
+                "{name}: ok: {verdict} in {} ({}, {} bits)",
+                wanted.key_file.display(),
+                key.algorithm(),
+                key.bits()
+            );
+            continue;
+        }
+        if let Verdict::LookupFailed(_) = verdict {
+            println!("{name}: UNKNOWN: {verdict}");
+        } else {
+            println!(
+                "{name}: FAIL: {verdict} (key {})",
+                wanted.key_file.display()
+            );
+            println!("  publish: {}", key.public_key_txt());
+        }
+        status = status.max(1);
+    }
+    ExitCode::from(status)
+}
+
+/// The `[[dkim.key]]` tables of a config for `domain` (and `selector`), and its `[dns]`. Only
+/// those parts are read, so a config being written need not be valid as a whole yet.
+fn dkim_keys_from_config(
+    config: &Path,
+    domain: &str,
+    selector: Option<&str>,
+) -> anyhow::Result<(Vec<KeyToCheck>, relay::config::DnsConfig)> {
+    let file = config.display();
+    let text =
+        std::fs::read_to_string(config).map_err(|e| anyhow::anyhow!("{file}: cannot read: {e}"))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{file}: not valid TOML: {}", e.message()))?;
+    let dns = match table.get("dns") {
+        Some(dns) => dns
+            .clone()
+            .try_into::<relay::config::DnsConfig>()
+            .map_err(|e| anyhow::anyhow!("{file}: [dns]: {}", e.message()))?,
+        None => relay::config::DnsConfig::default(),
+    };
+    let entries = match table.get("dkim").and_then(|dkim| dkim.get("key")) {
+        Some(toml::Value::Array(entries)) => entries.as_slice(),
+        Some(_) => anyhow::bail!("{file}: dkim.key must be an array of tables ([[dkim.key]])"),
+        None => &[],
+    };
+    let mut keys = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let field = |name: &str| -> anyhow::Result<String> {
+            entry
+                .get(name)
+                .and_then(toml::Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{file}: [[dkim.key]] number {}: {name} must be a non-empty string",
+                        index + 1
+                    )
+                })
+        };
+        let key = KeyToCheck {
+            domain: field("domain")?,
+            selector: field("selector")?,
+            // As `relay serve` reads it: relative to the working directory.
+            key_file: PathBuf::from(field("key_file")?),
+        };
+        let wanted = key
+            .domain
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(domain)
+            && selector.is_none_or(|s| key.selector.eq_ignore_ascii_case(s));
+        if wanted {
+            keys.push(key);
+        }
+    }
+    if keys.is_empty() {
+        let which = match selector {
+            Some(selector) => format!("domain {domain} and selector {selector}"),
+            None => format!("domain {domain}"),
+        };
+        anyhow::bail!("{file}: no [[dkim.key]] for {which}");
+    }
+    Ok((keys, dns))
 }

@@ -40,6 +40,9 @@ pub enum StartError {
     /// The `[tls]` certificate or key cannot be used.
     #[error("[tls]: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// A `[[dkim.key]]` cannot be used.
+    #[error("{0}")]
+    Dkim(String),
     /// The `[auth]` users file cannot be used.
     #[error("[auth] users_file: {0}")]
     Users(String),
@@ -130,6 +133,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
+    let signing = match &config.dkim {
+        Some(dkim) => Some(crate::signing::Signing::load(dkim).map_err(StartError::Dkim)?),
+        None => None,
+    };
     let inbound = Arc::new(Inbound {
         session: Arc::new(SessionConfig {
             hostname: config.server.hostname.0.clone(),
@@ -154,6 +161,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         policy,
         tls,
         auth,
+        hygiene: config.hygiene.clone(),
+        signing,
     });
     for settings in config.listeners() {
         let addr = settings.address;

@@ -255,6 +255,35 @@ impl MxResolver {
         }
     }
 
+    /// The TXT records at `name`, each with its strings joined (RFC 6376 3.6.2.2 splits DKIM
+    /// keys into strings of at most 255 bytes): for `relay dkim check`. A name without TXT
+    /// records gives an empty list; NXDOMAIN is [`DnsError::NoSuchDomain`].
+    pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        let fqdn = fqdn(name)?;
+        match self.resolver.txt_lookup(fqdn).await {
+            Ok(lookup) => Ok(lookup
+                .iter()
+                .map(|txt| {
+                    txt.txt_data()
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect()
+                })
+                .collect()),
+            Err(err) => match classify(&err) {
+                Failure::NxDomain => Err(DnsError::NoSuchDomain {
+                    domain: name.to_owned(),
+                    detail: "name does not exist (NXDOMAIN)".to_owned(),
+                }),
+                Failure::NoData => Ok(Vec::new()),
+                Failure::Temporary(detail) => Err(DnsError::Temporary {
+                    domain: name.to_owned(),
+                    detail: format!("TXT lookup: {detail}"),
+                }),
+            },
+        }
+    }
+
     /// RFC 5321 5.1: no MX records, so the domain's own address records are the target.
     async fn implicit_mx(&self, domain: &str, name: Name) -> Result<Vec<MxTarget>, DnsError> {
         match addresses(&self.resolver, name.clone()).await {
@@ -742,6 +771,42 @@ mod tests {
         let reply = err.to_reply();
         assert_eq!(reply.code, 550);
         assert_eq!(reply.enhanced, Some(EnhancedCode(5, 1, 2)));
+    }
+
+    #[tokio::test]
+    async fn txt_records_come_with_their_strings_joined() {
+        use hickory_resolver::proto::rr::rdata::TXT;
+        let key = "s1._domainkey.example.test";
+        let dns = TestDns::start(vec![
+            (
+                key,
+                RecordType::TXT,
+                records(vec![RData::TXT(TXT::new(vec![
+                    "v=DKIM1; k=rsa; ".to_string(),
+                    "p=AAAA".to_string(),
+                ]))]),
+            ),
+            (
+                "example.test",
+                RecordType::A,
+                records(vec![a([127, 0, 0, 1])]),
+            ),
+        ])
+        .await;
+        let resolver = dns.resolver();
+        assert_eq!(
+            resolver.txt(key).await.expect("found"),
+            vec![b"v=DKIM1; k=rsa; p=AAAA".to_vec()]
+        );
+        assert_eq!(
+            resolver.txt("example.test").await.expect("nodata"),
+            Vec::<Vec<u8>>::new()
+        );
+        let err = resolver
+            .txt("s2._domainkey.example.test")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::NoSuchDomain { .. }), "{err:?}");
     }
 
     #[tokio::test]

@@ -367,7 +367,11 @@ async fn message_with_more_received_headers_than_max_hops_is_refused_as_a_loop()
         .expect_err("refused");
     assert_reply(err.reply().expect("reply"), 554, "5.4.6");
     // At the limit it is accepted, and our own Received makes it one more downstream.
-    let fine = format!("{}{}", trace.repeat(5), "Subject: ok\r\n\r\nbody\r\n");
+    let fine = format!(
+        "{}{}",
+        trace.repeat(5),
+        "From: a@x.test\r\nSubject: ok\r\n\r\nbody\r\n"
+    );
     c.send_mail("a@x.test", &["b@y.test"], fine.as_bytes())
         .await
         .expect("accepted");
@@ -387,7 +391,10 @@ async fn message_line_longer_than_the_limit_is_refused_at_end_of_data() {
         .expect_err("refused");
     assert_reply(err.reply().expect("reply"), 500, "5.5.2");
     // The session stays usable and a 998-octet line (1000 with CRLF) is fine.
-    let ok = format!("Subject: ok\r\n\r\n{}\r\n", "x".repeat(998));
+    let ok = format!(
+        "From: a@x.test\r\nSubject: ok\r\n\r\n{}\r\n",
+        "x".repeat(998)
+    );
     c.send_mail("a@x.test", &["b@y.test"], ok.as_bytes())
         .await
         .expect("accepted");

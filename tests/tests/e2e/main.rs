@@ -9,9 +9,11 @@
 
 mod bounces;
 mod cli;
+mod cli_dkim;
 mod cli_users;
 mod crash;
 mod delivery;
+mod dkim;
 mod inbound;
 mod metrics;
 mod outbound_tls;

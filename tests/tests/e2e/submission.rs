@@ -201,9 +201,15 @@ async fn swaks_submits_with_starttls_and_auth_plain_and_login_and_over_implicit_
         );
         assert!(received.contains("(using TLSv1."), "{received}");
     }
-    let logins = world.relay.events("auth_ok", &[("user", USER)]);
+    let logins = world
+        .relay
+        .wait_for_events("auth_ok", &[("user", USER)], 3, WAIT)
+        .await;
     assert_eq!(logins.len(), 3, "one login per submission");
-    let queued = world.relay.events("received", &[("auth_user", USER)]);
+    let queued = world
+        .relay
+        .wait_for_events("received", &[("auth_user", USER)], 3, WAIT)
+        .await;
     assert_eq!(queued.len(), 3, "the login is logged with each message");
     // ... and travels with the message as a tag, for choose_ip and on_bounce.
     for event in &queued {
@@ -233,7 +239,14 @@ async fn a_wrong_password_and_an_unknown_user_are_refused() {
         assert!(!ok, "swaks succeeded with {user}/{password}:\n{output}");
         assert!(output.contains("535 5.7.8"), "{output}");
     }
-    assert_eq!(world.relay.events("auth_failed", &[]).len(), 2);
+    assert_eq!(
+        world
+            .relay
+            .wait_for_events("auth_failed", &[], 2, WAIT)
+            .await
+            .len(),
+        2
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(world.sink.messages().is_empty(), "nothing was relayed");
 }
@@ -287,9 +300,13 @@ async fn a_listener_may_allow_auth_in_the_clear_for_loopback_clients() {
         .await
         .expect("auth");
     assert_eq!(auth.code, 235, "{auth}");
-    c.send_mail(USER, &["rcpt@dest.test"], b"Subject: local\r\n\r\nhi\r\n")
-        .await
-        .expect("queued");
+    c.send_mail(
+        USER,
+        &["rcpt@dest.test"],
+        b"From: app@example.com\r\nSubject: local\r\n\r\nhi\r\n",
+    )
+    .await
+    .expect("queued");
     let messages = world.sink.wait_for(1, WAIT).await;
     let received = messages[0].header("Received").expect("Received");
     assert!(received.contains("with ESMTPA"), "{received}");
@@ -384,7 +401,10 @@ print(json.dumps(out))
             "smtplib starttls-plain"
         ]
     );
-    let logins = world.relay.events("auth_ok", &[("mechanism", "LOGIN")]);
+    let logins = world
+        .relay
+        .wait_for_events("auth_ok", &[("mechanism", "LOGIN")], 1, WAIT)
+        .await;
     assert_eq!(logins.len(), 1, "smtplib's explicit AUTH LOGIN");
 }
 
