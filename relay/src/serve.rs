@@ -94,11 +94,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
     let (scheduler, notifier) =
         scheduler::new(spool.clone(), config.spool.max_in_flight, dispatch_tx);
+    let signing = match &config.dkim {
+        Some(dkim) => Some(Arc::new(
+            crate::signing::Signing::load(dkim).map_err(StartError::Dkim)?,
+        )),
+        None => None,
+    };
     let delivery = Delivery::new(
         spool.clone(),
         notifier.clone(),
         resolver,
         policy.clone(),
+        signing.clone(),
         &config,
     );
     tokio::spawn(scheduler.run());
@@ -131,10 +138,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 received_shows_user: auth.received_shows_user,
             })
         }
-        None => None,
-    };
-    let signing = match &config.dkim {
-        Some(dkim) => Some(crate::signing::Signing::load(dkim).map_err(StartError::Dkim)?),
         None => None,
     };
     let inbound = Arc::new(Inbound {

@@ -22,6 +22,7 @@ use crate::hooks;
 use crate::policy::{
     BounceAction, BounceInput, ChooseInput, FailureKind, Hook, IpChoice, PluginSet, Policy,
 };
+use crate::signing::Signing;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 use crate::spool::scheduler::Notifier;
 use crate::spool::{now_ms, Durability, MessageId, QueueEntry, RcptState, Spool, SpoolError};
@@ -95,6 +96,8 @@ struct Inner {
     settings: Settings,
     sources: source::Sources,
     policy: Option<Policy>,
+    /// DKIM keys: the relay's own bounce reports are signed like the mail it relays.
+    signing: Option<Arc<Signing>>,
 }
 
 /// What happened to one recipient in one round.
@@ -175,6 +178,7 @@ impl Delivery {
         notifier: Notifier,
         resolver: MxResolver,
         policy: Option<Policy>,
+        signing: Option<Arc<Signing>>,
         config: &Config,
     ) -> Delivery {
         Delivery(Arc::new(Inner {
@@ -188,6 +192,7 @@ impl Delivery {
             settings: Settings::from_config(config),
             sources: source::Sources::from_config(config),
             policy,
+            signing,
         }))
     }
 
@@ -310,7 +315,7 @@ impl Delivery {
         let mut dsn_id = None;
         if !bounced.is_empty() {
             if let ReversePath::Mailbox(sender) = &entry.mail_from {
-                let report = dsn::build_bounce(&dsn::BounceInput {
+                let mut report = dsn::build_bounce(&dsn::BounceInput {
                     reporting_mta: &self.0.settings.hostname,
                     original_envelope_id: &id.to_string(),
                     arrival_date: entry.arrival_ms / 1000,
@@ -319,6 +324,9 @@ impl Delivery {
                     failed: &bounced,
                     original_message: &body,
                 });
+                if let Some(signing) = &self.0.signing {
+                    report = sign_report(signing, report, now / 1000).await;
+                }
                 let (new_id, _, more) =
                     Spool::new_message_ops(ReversePath::Null, sender.clone(), report)?;
                 ops.extend(more);
@@ -796,6 +804,32 @@ pub(crate) fn reply_text(reply: &Reply) -> String {
     }
 }
 
+/// A bounce report with DKIM signatures by the keys its From domain (the relay's host name)
+/// or the fallback domain has; unsigned, with an error logged, if signing fails: a bounce
+/// that reaches the sender unsigned is better than none.
+async fn sign_report(signing: &Arc<Signing>, report: Vec<u8>, now: u64) -> Vec<u8> {
+    let facts = crate::hygiene::header_facts(&report);
+    let from_domain = match &facts.from {
+        crate::hygiene::FromField::Valid { domain } => Some(domain.as_str()),
+        _ => None,
+    };
+    let Some(keys) = signing.keys_for(&[], from_domain) else {
+        return report;
+    };
+    // Signed from a copy: whatever happens to the signing task, the report itself is kept.
+    let copy = report.clone();
+    match tokio::task::spawn_blocking(move || crate::signing::sign_all(&keys, &copy, now)).await {
+        Ok(Ok(fields)) => [fields.as_bytes(), &report].concat(),
+        Ok(Err(err)) => {
+            tracing::error!(event = "dkim_sign_failed", error = %err, "a bounce report goes out unsigned");
+            report
+        }
+        Err(err) => {
+            tracing::error!(event = "dkim_sign_failed", error = %err, "a bounce report goes out unsigned");
+            report
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,7 +202,7 @@ pub(crate) struct Inbound {
     /// Headers added, or messages refused, before queueing.
     pub(crate) hygiene: HygieneConfig,
     /// DKIM keys, when `[dkim]` is set.
-    pub(crate) signing: Option<crate::signing::Signing>,
+    pub(crate) signing: Option<Arc<crate::signing::Signing>>,
 }
 
 /// A message that could not be signed is not sent unsigned: the client tries again later.

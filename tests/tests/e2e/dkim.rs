@@ -393,3 +393,37 @@ async fn a_plugin_tag_chooses_the_signing_domain_and_signatures_cover_its_header
         .into_bytes();
     assert_eq!(mail_auth(&altered, dns.addr()).await, vec![false]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_own_bounce_reports_are_signed_too() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (file, txt) = keygen(keys.path(), "relay.test", "s1", "ed25519").await;
+    let net = Net::unique();
+    let sink = Sink::builder()
+        .rcpt_policy(|rcpt, _| {
+            (rcpt == "nobody@y.test").then(|| (550, "5.1.1 no such user".to_string()))
+        })
+        .start(net.ip(1))
+        .await;
+    let dns = DnsServer::start(Zone::new().txt("s1._domainkey.relay.test", &txt)).await;
+    let tables = key_tables(&[("relay.test", "s1", &file)]);
+    let relay = RelayProcess::routed_to(&sink, &dns, |c| c.raw(&tables)).await;
+    let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
+    // From a domain without keys: the message goes out unsigned, its bounce signed.
+    c.send_mail(
+        "app@x.test",
+        &["nobody@y.test"],
+        b"From: app@x.test\r\nSubject: to nobody\r\n\r\nbody\r\n",
+    )
+    .await
+    .expect("queued");
+    let got = sink.wait_for(1, WAIT).await;
+    let dsn = got
+        .iter()
+        .find(|t| t.mail_from.is_empty())
+        .expect("a bounce report");
+    assert_eq!(dsn.rcpts, vec!["app@x.test".to_string()]);
+    let text = dsn.text();
+    assert!(text.contains("d=relay.test"), "{text}");
+    assert_eq!(mail_auth(&dsn.data, dns.addr()).await, vec![true]);
+}
