@@ -31,40 +31,68 @@ pub(crate) enum FromField {
     },
 }
 
-/// Reads the header section of `message` (it is not changed).
+/// Reads the header section of `message` (it is not changed). Only the field names are looked
+/// at, with one parse of the From field: this runs for every message.
 pub(crate) fn header_facts(message: &[u8]) -> HeaderFacts {
-    let Some(parsed) = MessageParser::new().parse_headers(message) else {
-        return HeaderFacts {
-            from: FromField::Missing,
-            has_date: false,
-            has_message_id: false,
-        };
-    };
     let mut from_fields = 0;
+    let mut from: Option<(usize, usize)> = None;
+    let mut in_from = false;
     let mut has_date = false;
     let mut has_message_id = false;
-    for header in parsed.headers() {
-        match header.name {
-            HeaderName::From => from_fields += 1,
-            HeaderName::Date => has_date = true,
-            HeaderName::MessageId => has_message_id = true,
-            _ => {}
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = memchr::memchr(b'\n', &message[pos..]).map_or(message.len(), |lf| pos + lf + 1);
+        let line = &message[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
         }
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            // A folded continuation of the field before.
+            if in_from {
+                if let Some(field) = &mut from {
+                    field.1 = end;
+                }
+            }
+        } else {
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map(|colon| line[..colon].trim_ascii_end());
+            in_from = name.is_some_and(|n| n.eq_ignore_ascii_case(b"from"));
+            if in_from {
+                from_fields += 1;
+                from = Some((pos, end));
+            }
+            has_date |= name.is_some_and(|n| n.eq_ignore_ascii_case(b"date"));
+            has_message_id |= name.is_some_and(|n| n.eq_ignore_ascii_case(b"message-id"));
+        }
+        pos = end;
     }
-    let from = match from_fields {
-        0 => FromField::Missing,
-        1 => match parsed.header(HeaderName::From) {
-            Some(HeaderValue::Address(address)) => first_domain(address)
-                .map(|domain| FromField::Valid { domain })
-                .unwrap_or(FromField::Malformed("From has no address with a domain")),
-            _ => FromField::Malformed("From is not an address list"),
-        },
+    let from = match (from_fields, from) {
+        (0, _) | (_, None) => FromField::Missing,
+        (1, Some((start, end))) => from_field(&message[start..end]),
         _ => FromField::Malformed("more than one From field"),
     };
     HeaderFacts {
         from,
         has_date,
         has_message_id,
+    }
+}
+
+/// The state of one From field, given as it was written (name, value and folding).
+fn from_field(field: &[u8]) -> FromField {
+    let mut section = field.to_vec();
+    if !section.ends_with(b"\n") {
+        section.extend_from_slice(b"\r\n");
+    }
+    section.extend_from_slice(b"\r\n");
+    let parsed = MessageParser::new().parse_headers(&section[..]);
+    match parsed.as_ref().and_then(|p| p.header(HeaderName::From)) {
+        Some(HeaderValue::Address(address)) => first_domain(address)
+            .map(|domain| FromField::Valid { domain })
+            .unwrap_or(FromField::Malformed("From has no address with a domain")),
+        _ => FromField::Malformed("From is not an address list"),
     }
 }
 
@@ -187,6 +215,37 @@ mod tests {
             FromField::Valid {
                 domain: "x.test".into()
             }
+        );
+    }
+
+    #[test]
+    fn folded_fields_odd_spacing_and_look_alike_names_are_read_right() {
+        assert_eq!(
+            facts("X-From: a@x.test\r\nFrom:\r\n\tApp\r\n <app@Folded.Test>\r\nX-Date: no\r\n")
+                .from,
+            FromField::Valid {
+                domain: "folded.test".into()
+            }
+        );
+        let f = facts("X-Date: 1\r\nX-Message-ID: 2\r\nFrom : a@x.test\r\n");
+        assert_eq!(
+            (f.from, f.has_date, f.has_message_id),
+            (
+                FromField::Valid {
+                    domain: "x.test".into()
+                },
+                false,
+                false
+            )
+        );
+        // Headers only, no body; and a From in the body is not a header.
+        assert!(matches!(
+            header_facts(b"From: a@x.test\r\n").from,
+            FromField::Valid { .. }
+        ));
+        assert_eq!(
+            header_facts(b"Subject: s\r\n\r\nFrom: a@x.test\r\n").from,
+            FromField::Missing
         );
     }
 
