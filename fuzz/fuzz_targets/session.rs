@@ -25,6 +25,8 @@ fuzz_target!(|data: &[u8]| {
         } else {
             BareLineEnding::Reject
         },
+        // Mail to bounces.test takes the returned-DSN path (its own transactions).
+        bounce_domains: vec!["bounces.test".into()],
     };
     let max_line = config.max_line_length;
     let mut client = ClientInfo::new("127.0.0.1".parse().unwrap(), flags & 2 == 0);
