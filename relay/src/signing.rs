@@ -75,9 +75,23 @@ impl Signing {
     }
 }
 
+/// [`sign_all`] on the blocking pool (an RSA signature takes about half a millisecond, too long
+/// for the async workers); a failure to sign, or of the task, as text.
+pub(crate) async fn sign_off_thread(
+    keys: Arc<[SignerSpec]>,
+    message: Vec<u8>,
+    now: u64,
+) -> Result<String, String> {
+    match tokio::task::spawn_blocking(move || sign_all(&keys, &message, now)).await {
+        Ok(Ok(fields)) => Ok(fields),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
 /// One `DKIM-Signature` field per key, in order, for `message` (the message as it will be
 /// queued), signed at `now` (Unix seconds).
-pub(crate) fn sign_all(keys: &[SignerSpec], message: &[u8], now: u64) -> Result<String, DkimError> {
+fn sign_all(keys: &[SignerSpec], message: &[u8], now: u64) -> Result<String, DkimError> {
     let mut fields = String::new();
     for key in keys {
         fields.push_str(&dkim::sign(key, message, now)?);

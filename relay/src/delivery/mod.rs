@@ -817,19 +817,15 @@ async fn sign_report(signing: &Arc<Signing>, report: Vec<u8>, now: u64) -> Vec<u
         return report;
     };
     // Signed from a copy: whatever happens to the signing task, the report itself is kept.
-    let copy = report.clone();
-    match tokio::task::spawn_blocking(move || crate::signing::sign_all(&keys, &copy, now)).await {
-        Ok(Ok(fields)) => [fields.as_bytes(), &report].concat(),
-        Ok(Err(err)) => {
-            tracing::error!(event = "dkim_sign_failed", error = %err, "a bounce report goes out unsigned");
-            report
-        }
+    match crate::signing::sign_off_thread(keys, report.clone(), now).await {
+        Ok(fields) => [fields.as_bytes(), &report].concat(),
         Err(err) => {
             tracing::error!(event = "dkim_sign_failed", error = %err, "a bounce report goes out unsigned");
             report
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
