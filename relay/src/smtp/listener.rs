@@ -45,8 +45,6 @@ pub(crate) trait Handler {
             "Temporary authentication failure",
         ))
     }
-    /// The connection is now TLS (implicit TLS, or after STARTTLS).
-    fn tls_started(&mut self, _description: &str) {}
 }
 
 /// The byte stream under a session: TCP, or TLS over it.
@@ -168,7 +166,6 @@ where
                     return Ok(());
                 };
                 tracing::debug!(event = "starttls", client = %peer.ip(), tls = %description);
-                handler.tls_started(&description);
                 session.tls_started(description);
                 stream = Box::new(secured);
             }
@@ -326,15 +323,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound, sett
         peer: peer.ip(),
         plugins: None,
         accepted: 0,
-        auth_user: None,
-        tls: false,
     };
     let result = match (settings.tls, tls) {
         (ListenerTls::Implicit, Some(tls)) => {
             let Some((secured, description)) = handshake(stream, peer, tls).await else {
                 return;
             };
-            handler.tls_started(&description);
             client.tls = Some(description);
             let session = Session::new(Arc::clone(&inbound.session), client);
             drive(secured, peer, session, &mut handler, inbound.timeouts, None).await
@@ -358,10 +352,6 @@ struct RelayHandler<'a> {
     plugins: Option<Arc<PluginSet>>,
     /// Recipients accepted in the current transaction.
     accepted: u32,
-    /// The user the client logged in as.
-    auth_user: Option<String>,
-    /// True once the connection is TLS.
-    tls: bool,
 }
 
 impl RelayHandler<'_> {
@@ -402,9 +392,8 @@ impl Handler for RelayHandler<'_> {
         match auth.users.verify(&request.user, &request.password).await {
             Verified::Ok => {
                 auth.limiter.success(ip);
-                tracing::info!(event = "auth_ok", client = %ip, user = %request.user, mechanism = request.mechanism, tls = self.tls, "client logged in");
+                tracing::info!(event = "auth_ok", client = %ip, user = %request.user, mechanism = request.mechanism, tls = request.tls, "client logged in");
                 crate::metrics::global().auth_attempt("ok");
-                self.auth_user = Some(request.user);
                 Resolution::Accept
             }
             Verified::BadCredentials => {
@@ -421,12 +410,6 @@ impl Handler for RelayHandler<'_> {
                 ))
             }
         }
-    }
-
-    fn tls_started(&mut self, _description: &str) {
-        self.tls = true;
-        // RFC 3207 4.2: nothing from before the handshake carries over, a login included.
-        self.auth_user = None;
     }
 
     async fn check_mail(&mut self, _request: &MailRequest, _helo: &str) -> Resolution {
@@ -458,7 +441,7 @@ impl Handler for RelayHandler<'_> {
             return Resolution::Accept;
         };
         let input = RcptInput {
-            session: hooks::session(self.peer, helo, self.tls, self.auth_user.as_deref()),
+            session: hooks::session(self.peer, helo, request.tls, request.auth_user.as_deref()),
             mail_from: hooks::mail_from(&request.mail_from, &request.params),
             recipient: request.to.to_string(),
             accepted_so_far: self.accepted,
@@ -608,14 +591,9 @@ impl Handler for RelayHandler<'_> {
             let mut whole = Vec::with_capacity(prefix.len() + message.body.len());
             whole.extend_from_slice(prefix.as_bytes());
             whole.extend_from_slice(&message.body);
-            // RSA signing takes about a millisecond: not on the async workers.
-            let signed =
-                tokio::task::spawn_blocking(move || crate::signing::sign_all(&keys, &whole, now))
-                    .await;
-            match signed {
-                Ok(Ok(fields)) => prefix.insert_str(0, &fields),
-                Ok(Err(err)) => return dkim_failed(&err.to_string()),
-                Err(err) => return dkim_failed(&err.to_string()),
+            match crate::signing::sign_off_thread(keys, whole, now).await {
+                Ok(fields) => prefix.insert_str(0, &fields),
+                Err(err) => return dkim_failed(&err),
             }
         }
         let rcpts = message.recipients.len();

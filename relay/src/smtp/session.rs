@@ -178,6 +178,8 @@ pub struct AuthRequest {
     pub user: String,
     /// The password as sent.
     pub password: Vec<u8>,
+    /// True when the session is TLS-protected.
+    pub tls: bool,
 }
 
 impl fmt::Debug for AuthRequest {
@@ -185,6 +187,7 @@ impl fmt::Debug for AuthRequest {
         f.debug_struct("AuthRequest")
             .field("mechanism", &self.mechanism)
             .field("user", &self.user)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -209,6 +212,10 @@ pub struct RcptRequest {
     pub params: MailParams,
     /// True when `to` is a bounce address ([`SessionConfig::is_bounce_address`]).
     pub bounce: bool,
+    /// The user the client logged in as, if it did.
+    pub auth_user: Option<String>,
+    /// True when the session is TLS-protected.
+    pub tls: bool,
 }
 
 /// The I/O layer's answer to a pending step.
@@ -905,6 +912,8 @@ impl Session {
             mail_from: txn.from.clone(),
             params: txn.params.clone(),
             bounce,
+            auth_user: self.auth_user.clone(),
+            tls: self.client.tls.is_some(),
         };
         self.pending = Some(Pending::Rcpt(to));
         Some(Step::CheckRcpt(request))
@@ -1003,6 +1012,7 @@ impl Session {
                     mechanism: "PLAIN",
                     user,
                     password,
+                    tls: self.client.tls.is_some(),
                 },
                 None => {
                     let reply = Reply::enhanced(
@@ -1028,6 +1038,7 @@ impl Session {
                 mechanism: "LOGIN",
                 user,
                 password: decoded,
+                tls: self.client.tls.is_some(),
             },
         };
         self.pending = Some(Pending::Auth(request.user.clone()));

@@ -122,6 +122,12 @@ fn auth_plain_with_initial_response_logs_in_and_allows_relaying() {
     assert!(c
         .send("RCPT TO:<b@example.net>\r\n")
         .starts_with("250 2.1.5"));
+    // The I/O layer learns the login and TLS with each recipient, for on_rcpt.
+    let rcpt = c.rcpts.last().expect("a recipient was checked");
+    assert_eq!(
+        (rcpt.auth_user.as_deref(), rcpt.tls),
+        (Some("app@example.com"), true)
+    );
     c.send("DATA\r\n");
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
     let message = &c.messages[0];
@@ -301,6 +307,7 @@ fn the_auth_request_never_shows_the_password_in_debug_output() {
         mechanism: "PLAIN",
         user: "app".into(),
         password: b"hunter2".to_vec(),
+        tls: true,
     };
     let shown = format!("{request:?}");
     assert!(
