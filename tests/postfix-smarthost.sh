@@ -132,23 +132,9 @@ RELAY_ADDR=$(sed -E 's/.*"addr":"([^"]+)".*/\1/' <<<"$line")
 mkdir -p "$PF_CONF"
 "${SUDO[@]}" install -d -o root -g root -m 755 "$PF_QUEUE"
 PF_PORT=$(free_port "$SINK_PORT")
-cat >"$PF_CONF/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PF_QUEUE
-data_directory = $TMP/postfix-data
-maillog_file = $PF_LOG
-maillog_file_prefixes = $TMP
-myhostname = postfix.test
-mydomain = test
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-mydestination =
-local_recipient_maps =
-local_transport = error:5.1.1 local delivery is off
-alias_maps =
-alias_database =
-smtpd_peername_lookup = no
+{
+    postfix_main_cf "$TMP" test
+    cat <<EOF
 # The smarthost set-up under test, as an operator would write it.
 relayhost = [${RELAY_ADDR%:*}]:${RELAY_ADDR##*:}
 smtp_tls_security_level = encrypt
@@ -158,6 +144,7 @@ smtp_sasl_password_maps = static:postfix@example.com:postfix-password
 smtp_sasl_security_options = noanonymous
 smtp_sasl_tls_security_options = noanonymous
 EOF
+} >"$PF_CONF/main.cf"
 postfix_master_cf "$PF_PORT" "tlsmgr    unix  -       -       n       1000?   1       tlsmgr" \
     >"$PF_CONF/master.cf"
 PF_STARTED=1

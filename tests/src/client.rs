@@ -20,6 +20,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Panics unless this is `code` with the enhanced status `enhanced` (e.g. `550`, `"5.6.0"`).
+    pub fn assert_is(&self, code: u16, enhanced: &str) {
+        assert_eq!(
+            (self.code, self.enhanced().as_deref()),
+            (code, Some(enhanced)),
+            "expected {code} {enhanced}, got: {self}"
+        );
+    }
+
     /// The enhanced status code ("5.7.1") at the start of the first line, if any.
     pub fn enhanced(&self) -> Option<String> {
         self.lines.first().and_then(|l| enhanced_of(l))

@@ -29,3 +29,15 @@ use std::time::Duration;
 
 /// The default bound on any single wait in the tests (a reply, a log line, a delivery).
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A recording sink on a fresh loopback block, an empty DNS zone, and a relay that routes every
+/// domain to the sink, with `tune` applied to the test config.
+pub async fn relay_with_sink(
+    tune: impl FnOnce(RelayConfig) -> RelayConfig,
+) -> (Sink, DnsServer, RelayProcess) {
+    let net = Net::unique();
+    let sink = Sink::start(net.ip(1)).await;
+    let dns = DnsServer::start(Zone::new()).await;
+    let relay = RelayProcess::routed_to(&sink, &dns, tune).await;
+    (sink, dns, relay)
+}

@@ -220,12 +220,17 @@ impl RelayProcess {
 
     /// The address of the listener named `name` (`[[listener]] name`, or the address as
     /// configured for `[server] listen`), as the current process logged it.
-    pub fn listener_addr(&self, name: &str) -> SocketAddr {
-        let found = lock(&self.logs)[self.generation_start..]
-            .iter()
-            .filter(|l| is_event(l, "listening", &[("listener", name)]))
-            .find_map(|l| field(l, "addr")?.parse().ok());
-        match found {
+    /// Waits up to [`crate::WAIT`] for it: the relay logs each listener as it binds it, and the
+    /// process counts as started once the first one is logged.
+    pub async fn listener_addr(&self, name: &str) -> SocketAddr {
+        let line = self
+            .try_wait_for_log_since(
+                self.generation_start,
+                |l| is_event(l, "listening", &[("listener", name)]),
+                crate::WAIT,
+            )
+            .await;
+        match line.and_then(|l| field(&l, "addr")?.parse().ok()) {
             Some(addr) => addr,
             None => panic!("no listener named {name:?} was logged\n{}", self.describe()),
         }

@@ -1,29 +1,11 @@
 //! What the relay does to a message before it queues it: `[hygiene]` (Date and Message-ID
 //! added, a missing or malformed From refused or repaired) and DKIM signing.
 
-use relay_tests::client::Reply;
-use relay_tests::{DnsServer, Net, RelayProcess, Sink, SmtpClient, Zone, WAIT};
-
-async fn world(raw: &str) -> (Sink, DnsServer, RelayProcess) {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let raw = raw.to_string();
-    let relay = RelayProcess::routed_to(&sink, &dns, |c| c.raw(&raw)).await;
-    (sink, dns, relay)
-}
-
-fn assert_reply(reply: &Reply, code: u16, enhanced: &str) {
-    assert_eq!(
-        (reply.code, reply.enhanced().as_deref()),
-        (code, Some(enhanced)),
-        "expected {code} {enhanced}, got: {reply}"
-    );
-}
+use relay_tests::{relay_with_sink, DnsServer, Net, RelayProcess, Sink, SmtpClient, Zone, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_without_date_or_message_id_gets_both() {
-    let (sink, _dns, relay) = world("").await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     let id = c
         .send_mail(
@@ -58,7 +40,7 @@ async fn a_message_without_date_or_message_id_gets_both() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_malformed_from_is_refused_by_default() {
-    let (sink, _dns, relay) = world("").await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     for body in [
         &b"Subject: no from\r\n\r\nbody\r\n"[..],
@@ -69,7 +51,7 @@ async fn a_missing_or_malformed_from_is_refused_by_default() {
             .send_mail("app@x.test", &["b@y.test"], body)
             .await
             .expect_err("refused");
-        assert_reply(err.reply().expect("a reply"), 550, "5.6.0");
+        err.reply().expect("a reply").assert_is(550, "5.6.0");
     }
     let refused = relay.wait_for_events("message_refused", &[], 3, WAIT).await;
     assert_eq!(refused.len(), 3);
@@ -78,7 +60,7 @@ async fn a_missing_or_malformed_from_is_refused_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_repair_adds_the_envelope_sender_and_accept_passes_the_message_on() {
-    let (sink, _dns, relay) = world("[hygiene]\nfrom = \"repair\"\n").await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c.raw("[hygiene]\nfrom = \"repair\"\n")).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.send_mail(
         "app@x.test",
@@ -90,8 +72,10 @@ async fn from_repair_adds_the_envelope_sender_and_accept_passes_the_message_on()
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got[0].message().header("From"), Some("<app@x.test>"));
 
-    let (sink, _dns, relay) =
-        world("[hygiene]\nfrom = \"accept\"\nadd_date = false\nadd_message_id = false\n").await;
+    let (sink, _dns, relay) = relay_with_sink(|c| {
+        c.raw("[hygiene]\nfrom = \"accept\"\nadd_date = false\nadd_message_id = false\n")
+    })
+    .await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.send_mail(
         "app@x.test",
@@ -319,7 +303,7 @@ async fn the_fallback_domain_signs_other_senders_and_without_keys_mail_goes_unsi
     );
 
     // No [dkim] at all: nothing is signed.
-    let (sink, _dns, relay) = world("").await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.send_mail(
         "app@x.test",

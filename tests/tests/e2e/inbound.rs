@@ -4,30 +4,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use relay_tests::client::Reply;
-use relay_tests::{
-    message, new_message_id, DnsServer, Net, RelayConfig, RelayProcess, Sink, SmtpClient, Zone,
-    WAIT,
-};
-
-async fn world(tune: impl FnOnce(RelayConfig) -> RelayConfig) -> (Sink, DnsServer, RelayProcess) {
-    let net = Net::unique();
-    let sink = Sink::start(net.ip(1)).await;
-    let dns = DnsServer::start(Zone::new()).await;
-    let relay = RelayProcess::routed_to(&sink, &dns, tune).await;
-    (sink, dns, relay)
-}
-
-fn assert_reply(reply: &Reply, code: u16, enhanced: &str) {
-    assert_eq!(
-        (reply.code, reply.enhanced().as_deref()),
-        (code, Some(enhanced)),
-        "expected {code} {enhanced}, got: {reply}"
-    );
-}
+use relay_tests::{message, new_message_id, relay_with_sink, SmtpClient, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_outside_relay_networks_is_denied_at_rcpt() {
-    let (_sink, _dns, relay) = world(|c| c.relay_networks(&["127.0.0.1/32"])).await;
+    let (_sink, _dns, relay) = relay_with_sink(|c| c.relay_networks(&["127.0.0.1/32"])).await;
     let outsider = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     let mut c = SmtpClient::connect_from(outsider, relay.addr())
         .await
@@ -36,7 +17,7 @@ async fn client_outside_relay_networks_is_denied_at_rcpt() {
     let mail = c.command("MAIL FROM:<a@outside.test>").await.expect("mail");
     assert_eq!(mail.code, 250, "{mail}");
     let rcpt = c.command("RCPT TO:<b@elsewhere.test>").await.expect("rcpt");
-    assert_reply(&rcpt, 554, "5.7.1");
+    rcpt.assert_is(554, "5.7.1");
 
     // The same from inside the network is accepted.
     let insider = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -51,7 +32,7 @@ async fn client_outside_relay_networks_is_denied_at_rcpt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_declared_at_mail_over_the_limit_is_refused() {
-    let (_sink, _dns, relay) = world(|c| c.max_message_size(10_000)).await;
+    let (_sink, _dns, relay) = relay_with_sink(|c| c.max_message_size(10_000)).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     let ehlo = c.ehlo("client.test").await.expect("ehlo");
     assert!(
@@ -64,7 +45,7 @@ async fn size_declared_at_mail_over_the_limit_is_refused() {
         .command("MAIL FROM:<a@x.test> SIZE=20000")
         .await
         .expect("mail");
-    assert_reply(&r, 552, "5.3.4");
+    r.assert_is(552, "5.3.4");
     let r = c
         .command("MAIL FROM:<a@x.test> SIZE=5000")
         .await
@@ -74,7 +55,7 @@ async fn size_declared_at_mail_over_the_limit_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_data_without_size_is_refused_and_not_queued() {
-    let (sink, _dns, relay) = world(|c| c.max_message_size(10_000)).await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c.max_message_size(10_000)).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
     assert_eq!(
@@ -97,7 +78,7 @@ async fn oversized_data_without_size_is_refused_and_not_queued() {
     );
     assert!(body.len() > 20_000);
     let r = c.data_body(&body).await.expect("reply to end of data");
-    assert_reply(&r, 552, "5.3.4");
+    r.assert_is(552, "5.3.4");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         relay.events("received", &[]).is_empty(),
@@ -109,7 +90,7 @@ async fn oversized_data_without_size_is_refused_and_not_queued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipients_beyond_the_limit_get_452_and_the_rest_is_delivered() {
-    let (sink, _dns, relay) = world(|c| c.max_recipients(3)).await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c.max_recipients(3)).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
     assert_eq!(
@@ -124,7 +105,7 @@ async fn recipients_beyond_the_limit_get_452_and_the_rest_is_delivered() {
         assert_eq!(r.code, 250, "{r}");
     }
     let r = c.command("RCPT TO:<r4@y.test>").await.expect("rcpt");
-    assert_reply(&r, 452, "4.5.3");
+    r.assert_is(452, "4.5.3");
     assert_eq!(c.command("DATA").await.expect("data").code, 354);
     let body = message("a@x.test", &["r1@y.test"], "limit", &new_message_id(), "x");
     let r = c.data_body(&body).await.expect("end of data");
@@ -135,7 +116,8 @@ async fn recipients_beyond_the_limit_get_452_and_the_rest_is_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_line_longer_than_the_limit_gets_500_5_5_2() {
-    let (_sink, _dns, relay) = world(|c| c.set("server", "max_line_length", "1000")).await;
+    let (_sink, _dns, relay) =
+        relay_with_sink(|c| c.set("server", "max_line_length", "1000")).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
     // 1000 bytes including CRLF is the longest allowed line (RFC 5321 4.5.3.1.4).
@@ -144,7 +126,7 @@ async fn command_line_longer_than_the_limit_gets_500_5_5_2() {
     assert_eq!(r.code, 250, "a 1000-byte line is allowed: {r}");
     let over = format!("NOOP {}", "x".repeat(1000 - 5 - 2 + 1));
     let r = c.command(&over).await.expect("reply to the long line");
-    assert_reply(&r, 500, "5.5.2");
+    r.assert_is(500, "5.5.2");
     // The rest of the long line is not taken for a command: the session goes on.
     let r = c.command("NOOP").await.expect("noop after");
     assert_eq!(r.code, 250, "{r}");
@@ -152,7 +134,7 @@ async fn command_line_longer_than_the_limit_gets_500_5_5_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reply_in_a_normal_session_has_an_enhanced_code() {
-    let (sink, _dns, relay) = world(|c| c).await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     assert_eq!(c.greeting().code, 220);
     let ehlo = c.ehlo("client.test").await.expect("ehlo");
@@ -213,7 +195,7 @@ async fn every_reply_in_a_normal_session_has_an_enhanced_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bdat_chunks_are_joined_and_dot_lines_survive_delivery() {
-    let (sink, _dns, relay) = world(|c| c).await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("client.test").await.expect("ehlo");
     assert_eq!(
@@ -278,7 +260,7 @@ async fn expect_sync_error_and_close(c: &mut SmtpClient) -> Vec<Reply> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_sent_with_ehlo_before_its_reply_are_refused() {
-    let (_sink, _dns, relay) = world(|c| c).await;
+    let (_sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     // PIPELINING is not known before the EHLO reply, so nothing may follow EHLO in the same write.
     c.send(b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
@@ -294,7 +276,7 @@ async fn commands_sent_with_ehlo_before_its_reply_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_pipelined_after_helo_are_refused() {
-    let (_sink, _dns, relay) = world(|c| c).await;
+    let (_sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     let helo = c.command("HELO client.test").await.expect("helo");
     assert_eq!(helo.code, 250, "{helo}");
@@ -307,14 +289,15 @@ async fn commands_pipelined_after_helo_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_per_ip_limit_get_421_and_the_slot_frees_on_close() {
-    let (_sink, _dns, relay) = world(|c| c.set("server", "max_connections_per_ip", "2")).await;
+    let (_sink, _dns, relay) =
+        relay_with_sink(|c| c.set("server", "max_connections_per_ip", "2")).await;
     let first = SmtpClient::connect(relay.addr()).await.expect("first");
     let second = SmtpClient::connect(relay.addr()).await.expect("second");
     let mut third = SmtpClient::connect_raw(relay.addr()).await.expect("third");
     let (replies, closed) = third.read_until_closed(Duration::from_secs(5)).await;
     assert!(closed, "the third connection is closed: {replies:?}");
     assert_eq!(replies.len(), 1, "{replies:?}");
-    assert_reply(&replies[0], 421, "4.7.0");
+    replies[0].assert_is(421, "4.7.0");
 
     // Another client address is counted on its own.
     let other = SmtpClient::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), relay.addr())
@@ -344,20 +327,21 @@ async fn connections_beyond_the_per_ip_limit_get_421_and_the_slot_frees_on_close
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_is_told_421_4_4_2_and_disconnected_after_command_timeout() {
-    let (_sink, _dns, relay) = world(|c| c.set("server", "command_timeout", "\"1s\"")).await;
+    let (_sink, _dns, relay) =
+        relay_with_sink(|c| c.set("server", "command_timeout", "\"1s\"")).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     c.ehlo("slow.test").await.expect("ehlo");
     let started = std::time::Instant::now();
     let (replies, closed) = c.read_until_closed(Duration::from_secs(10)).await;
     assert!(closed, "{replies:?}");
     assert_eq!(replies.len(), 1, "{replies:?}");
-    assert_reply(&replies[0], 421, "4.4.2");
+    replies[0].assert_is(421, "4.4.2");
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_with_more_received_headers_than_max_hops_is_refused_as_a_loop() {
-    let (sink, _dns, relay) = world(|c| c.set("server", "max_hops", "5")).await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c.set("server", "max_hops", "5")).await;
     let trace = "Received: from a by b; Mon, 23 Nov 2026 10:00:00 +0000\r\n";
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     let looped = format!("{}{}", trace.repeat(6), "Subject: loop\r\n\r\nbody\r\n");
@@ -365,7 +349,7 @@ async fn message_with_more_received_headers_than_max_hops_is_refused_as_a_loop()
         .send_mail("a@x.test", &["b@y.test"], looped.as_bytes())
         .await
         .expect_err("refused");
-    assert_reply(err.reply().expect("reply"), 554, "5.4.6");
+    err.reply().expect("reply").assert_is(554, "5.4.6");
     // At the limit it is accepted, and our own Received makes it one more downstream.
     let fine = format!(
         "{}{}",
@@ -382,14 +366,14 @@ async fn message_with_more_received_headers_than_max_hops_is_refused_as_a_loop()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_line_longer_than_the_limit_is_refused_at_end_of_data() {
-    let (sink, _dns, relay) = world(|c| c).await;
+    let (sink, _dns, relay) = relay_with_sink(|c| c).await;
     let mut c = SmtpClient::connect(relay.addr()).await.expect("connect");
     let long = format!("Subject: long\r\n\r\n{}\r\nnext line\r\n", "x".repeat(999));
     let err = c
         .send_mail("a@x.test", &["b@y.test"], long.as_bytes())
         .await
         .expect_err("refused");
-    assert_reply(err.reply().expect("reply"), 500, "5.5.2");
+    err.reply().expect("reply").assert_is(500, "5.5.2");
     // The session stays usable and a 998-octet line (1000 with CRLF) is fine.
     let ok = format!(
         "From: a@x.test\r\nSubject: ok\r\n\r\n{}\r\n",

@@ -84,8 +84,8 @@ require_auth = true
         }
     }
 
-    fn port(&self, listener: &str) -> u16 {
-        self.relay.listener_addr(listener).port()
+    async fn port(&self, listener: &str) -> u16 {
+        self.relay.listener_addr(listener).await.port()
     }
 
     fn users_file(&self) -> PathBuf {
@@ -141,12 +141,12 @@ async fn swaks(args: &[String]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn swaks_args(world: &World, listener: &str, extra: &[&str]) -> Vec<String> {
+async fn swaks_args(world: &World, listener: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--server",
         "127.0.0.1",
         "--port",
-        &world.port(listener).to_string(),
+        &world.port(listener).await.to_string(),
         "--local-interface",
         &world.net.ip(2).to_string(),
         "--ehlo",
@@ -172,21 +172,24 @@ async fn swaks_submits_with_starttls_and_auth_plain_and_login_and_over_implicit_
         ("smtps", "--tls-on-connect", "PLAIN"),
     ] {
         let subject = format!("Subject: swaks {listener} {mechanism}");
-        let (ok, output) = swaks(&swaks_args(
-            &world,
-            listener,
-            &[
-                tls,
-                "--auth",
-                mechanism,
-                "--auth-user",
-                USER,
-                "--auth-password",
-                PASSWORD,
-                "--header",
-                &subject,
-            ],
-        ))
+        let (ok, output) = swaks(
+            &swaks_args(
+                &world,
+                listener,
+                &[
+                    tls,
+                    "--auth",
+                    mechanism,
+                    "--auth-user",
+                    USER,
+                    "--auth-password",
+                    PASSWORD,
+                    "--header",
+                    &subject,
+                ],
+            )
+            .await,
+        )
         .await;
         assert!(ok, "swaks {listener} {mechanism} failed:\n{output}");
         assert!(output.contains("235 2.7.0"), "{output}");
@@ -222,19 +225,22 @@ async fn swaks_submits_with_starttls_and_auth_plain_and_login_and_over_implicit_
 async fn a_wrong_password_and_an_unknown_user_are_refused() {
     let world = World::start("").await;
     for (user, password) in [(USER, "wrong"), ("nobody@example.com", PASSWORD)] {
-        let (ok, output) = swaks(&swaks_args(
-            &world,
-            "submission",
-            &[
-                "--tls",
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                user,
-                "--auth-password",
-                password,
-            ],
-        ))
+        let (ok, output) = swaks(
+            &swaks_args(
+                &world,
+                "submission",
+                &[
+                    "--tls",
+                    "--auth",
+                    "PLAIN",
+                    "--auth-user",
+                    user,
+                    "--auth-password",
+                    password,
+                ],
+            )
+            .await,
+        )
         .await;
         assert!(!ok, "swaks succeeded with {user}/{password}:\n{output}");
         assert!(output.contains("535 5.7.8"), "{output}");
@@ -254,7 +260,7 @@ async fn a_wrong_password_and_an_unknown_user_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_before_starttls_is_refused_and_not_offered() {
     let world = World::start("").await;
-    let addr = world.relay.listener_addr("submission");
+    let addr = world.relay.listener_addr("submission").await;
     let mut c = SmtpClient::connect_from(IpAddr::V4(world.net.ip(2)), addr)
         .await
         .expect("connect");
@@ -288,7 +294,7 @@ async fn a_listener_may_allow_auth_in_the_clear_for_loopback_clients() {
          auth_in_clear_on_loopback = true\nrequire_auth = true",
     )
     .await;
-    let addr = world.relay.listener_addr("local");
+    let addr = world.relay.listener_addr("local").await;
     let mut c = SmtpClient::connect_from(IpAddr::V4(world.net.ip(2)), addr)
         .await
         .expect("connect");
@@ -313,7 +319,7 @@ async fn a_listener_may_allow_auth_in_the_clear_for_loopback_clients() {
     // The other listeners still keep AUTH behind TLS.
     let mut c = SmtpClient::connect_from(
         IpAddr::V4(world.net.ip(2)),
-        world.relay.listener_addr("submission"),
+        world.relay.listener_addr("submission").await,
     )
     .await
     .expect("connect");
@@ -366,8 +372,8 @@ print(json.dumps(out))
         .env("SRC", world.net.ip(2).to_string())
         .env("USER_NAME", USER)
         .env("PASSWORD", PASSWORD)
-        .env("SUBMISSION", world.port("submission").to_string())
-        .env("SMTPS", world.port("smtps").to_string())
+        .env("SUBMISSION", world.port("submission").await.to_string())
+        .env("SMTPS", world.port("smtps").await.to_string())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), child)
@@ -411,7 +417,7 @@ print(json.dumps(out))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_injected_behind_starttls_are_discarded() {
     let world = World::start("").await;
-    let addr = world.relay.listener_addr("submission");
+    let addr = world.relay.listener_addr("submission").await;
     let stream = connect_from(world.net.ip(2).into(), addr).await;
     let mut plain = Lines::new(stream);
     assert_eq!(plain.reply().await.0, 220);
@@ -452,7 +458,7 @@ async fn commands_injected_behind_starttls_are_discarded() {
 async fn clients_outside_relay_networks_cannot_relay_with_any_trick() {
     let world = World::start("").await;
     // The port 25 style listener takes mail without a login, but relays only for 127.0.0.1.
-    let addr = world.relay.listener_addr("127.0.0.1:0");
+    let addr = world.relay.listener_addr("127.0.0.1:0").await;
     let tricks = [
         "<victim@dest.test>",
         "<victim%dest.test@relay.test>",
@@ -513,7 +519,7 @@ async fn clients_outside_relay_networks_cannot_relay_with_any_trick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_logins_are_slowed_then_locked_out_per_address() {
     let world = World::start("delay_after = 1\nmax_failures = 3\nlockout = \"1h\"").await;
-    let addr = world.relay.listener_addr("smtps");
+    let addr = world.relay.listener_addr("smtps").await;
     let stream = connect_from(world.net.ip(2).into(), addr).await;
     let mut c = Lines::new(tls_handshake(stream, &world.ca).await);
     assert_eq!(c.reply().await.0, 220);
@@ -553,7 +559,7 @@ async fn repeated_failed_logins_are_slowed_then_locked_out_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_and_a_new_user_take_effect_without_a_restart() {
     let world = World::start("").await;
-    let addr = world.relay.listener_addr("smtps");
+    let addr = world.relay.listener_addr("smtps").await;
     let stream = connect_from(world.net.ip(2).into(), addr).await;
     let first = presented(&tls_handshake(stream, &world.ca).await);
 
