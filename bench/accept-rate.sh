@@ -31,19 +31,7 @@ E2E_SESSIONS=${E2E_SESSIONS:-50}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 need_tools "$RELAY"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-bench.XXXXXX")
-
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    stop_started
-    if [[ -n "${KEEP_TMP:-}" ]]; then
-        echo "kept $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+temp_dir_with_cleanup bench
 
 # start_stack NAME [countsink flags...]: a countsink and a relay routing every
 # domain to it; sets SINK_PID, SINK_OUT, SINK_ERR, RELAY_PID, RELAY_ADDR, METRICS_ADDR.

@@ -178,7 +178,8 @@ write_postfix_config() {
     local dir=$1 port=$2 sink=$3
     # Every smtpd process serves one session for its whole life.
     local procs=$((2 * max_sessions > 100 ? 2 * max_sessions : 100))
-    cat >"$dir/postfix-conf/main.cf" <<EOF
+    {
+        cat <<EOF
 # A private Postfix instance for one row of bench/compare.sh. Every setting here differs from
 # Postfix's default (or restates one the comparison depends on). Not changed, on purpose: the
 # queue (each message is written to a queue file and fsynced before the 250, as the relay
@@ -187,33 +188,11 @@ write_postfix_config() {
 # below), connection reuse to the sink, and the per-client connection limit (50; mynetworks
 # clients are exempt by default).
 
-# The current defaults, without compatibility warnings for older ones.
-compatibility_level = 3.6
-# This instance's own queue and data directories; the system-wide instance, if any, keeps
-# /var/spool/postfix and /var/lib/postfix.
-queue_directory = $dir/postfix-queue
-data_directory = $dir/postfix-data
-# Its log, in the temp dir (this machine may have no syslog daemon); postlogd writes it.
-maillog_file = $dir/postfix.log
-maillog_file_prefixes = $dir
-# Fixed names, so that nothing looks up the host's name; the instance makes no DNS queries at
-# all (the relayhost below is an address, and smtpd_peername_lookup is off).
-myhostname = postfix.bench
-mydomain = bench
-# Loopback only (the smtpd port is set in master.cf), IPv4 only.
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-# Relay for loopback clients, like the relay's relay_networks; no local delivery at all.
-mynetworks = 127.0.0.0/8
-mydestination =
-local_recipient_maps =
-local_transport = error:5.1.1 local delivery is off
-alias_maps =
-alias_database =
+EOF
+        postfix_main_cf "$dir" bench
+        cat <<EOF
 # Every message goes to the countsink, as the relay's route "*" does.
 relayhost = [${sink%:*}]:${sink##*:}
-# No reverse lookup of the client's address, like the relay.
-smtpd_peername_lookup = no
 # At least one process per concurrent session: each smtpd serves one session for its whole
 # life (twice the largest session count, 100 at least, which is Postfix's default).
 default_process_limit = $procs
@@ -221,6 +200,7 @@ default_process_limit = $procs
 # default is 20 too; written here so that the comparison does not rest on a default).
 smtp_destination_concurrency_limit = 20
 EOF
+    } >"$dir/postfix-conf/main.cf"
     postfix_master_cf "$port" >"$dir/postfix-conf/master.cf"
 }
 

@@ -23,14 +23,7 @@ ROWS=${ROWS:-"2048:2000:20000 2048:5000:30000 102400:750:7500 102400:1500:15000"
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-120}
 need_tools "$RELAY"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-latency.XXXXXX")
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    stop_started
-    if [[ -n "${KEEP_TMP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+temp_dir_with_cleanup latency
 
 echo "relay: $RELAY; $(nproc) CPUs; $SESSIONS sessions; syncing on; no plugins"
 printf '\n%8s %10s %9s %10s %8s %8s %8s\n' size "offered/s" messages "accepted/s" "p50 ms" "p99 ms" "max ms"

@@ -67,6 +67,25 @@ stop_started() {
     done
 }
 
+# temp_dir_with_cleanup NAME: sets TMP to a new temp dir (relay-NAME.XXXXXX in $TMPDIR) and, on
+# exit (Ctrl-C and failures included), stops every process started here and removes TMP (kept,
+# and named, with KEEP_TMP set).
+temp_dir_with_cleanup() {
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX")
+    trap cleanup_temp_dir EXIT
+    trap 'exit 130' INT TERM
+}
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup_temp_dir() {
+    stop_started
+    if [[ -n "${KEEP_TMP:-}" ]]; then
+        echo "kept $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+}
+
 # wait_for FILE REGEX PID SECS: prints the first line of FILE matching REGEX,
 # failing if PID exits or SECS pass first.
 wait_for() {
@@ -197,6 +216,41 @@ free_port() {
 # cpu_ticks PID: user and system clock ticks the process has used so far.
 cpu_ticks() {
     awk '{print $14, $15}' "/proc/$1/stat"
+}
+
+# postfix_main_cf DIR DOMAIN: the main.cf settings every private Postfix instance here shares, on
+# stdout: its own queue, data directory and log under DIR, the fixed name postfix.DOMAIN,
+# loopback and IPv4 only, relaying for loopback clients, no local delivery and no DNS lookups.
+# The caller adds its relayhost and the rest.
+postfix_main_cf() {
+    local dir=$1 domain=$2
+    cat <<EOF
+# The current defaults, without compatibility warnings for older ones.
+compatibility_level = 3.6
+# This instance's own queue and data directories; the system-wide instance, if any, keeps
+# /var/spool/postfix and /var/lib/postfix.
+queue_directory = $dir/postfix-queue
+data_directory = $dir/postfix-data
+# Its log, in the temp dir (this machine may have no syslog daemon); postlogd writes it.
+maillog_file = $dir/postfix.log
+maillog_file_prefixes = $dir
+# Fixed names, so that nothing looks up the host's name; with a relayhost given as an address
+# and smtpd_peername_lookup off the instance makes no DNS queries at all.
+myhostname = postfix.$domain
+mydomain = $domain
+# Loopback only (the smtpd port is set in master.cf), IPv4 only.
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+# Relay for loopback clients, like the relay's relay_networks; no local delivery at all.
+mynetworks = 127.0.0.0/8
+mydestination =
+local_recipient_maps =
+local_transport = error:5.1.1 local delivery is off
+alias_maps =
+alias_database =
+# No reverse lookup of the client's address, like the relay.
+smtpd_peername_lookup = no
+EOF
 }
 
 # postfix_master_cf PORT [LINE...]: the master.cf of a private Postfix instance, on stdout: its

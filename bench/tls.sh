@@ -46,14 +46,7 @@ esac
 need_tools "$RELAY"
 command -v openssl >/dev/null || { echo "$ME: needs openssl (apt-get install openssl)" >&2; exit 2; }
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-tls.XXXXXX")
-# shellcheck disable=SC2317 # called by the EXIT trap
-cleanup() {
-    stop_started
-    if [[ -n "${KEEP_TMP:-}" ]]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+temp_dir_with_cleanup tls
 
 openssl req -x509 "${NEWKEY[@]}" -nodes -days 2 -subj "/CN=relay.bench" \
     -addext "subjectAltName=DNS:relay.bench" \
