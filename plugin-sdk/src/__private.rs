@@ -3,8 +3,8 @@
 pub use wit_bindgen;
 
 use crate::types::{
-    BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataInput, DataVerdict, PluginInfo,
-    RcptInput, RcptVerdict,
+    BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataInput, DataVerdict, Message,
+    PluginInfo, RcptInput, RcptVerdict,
 };
 use crate::{Exported, Plugin};
 
@@ -71,9 +71,20 @@ pub fn on_rcpt<P: Plugin>(plugin: &P, input: &RcptInput) -> RcptVerdict {
     plugin.on_rcpt(input)
 }
 
-/// Routes `on-data` to the trait.
-pub fn on_data<P: Plugin>(plugin: &P, input: &DataInput) -> DataVerdict {
-    plugin.on_data(input)
+/// Routes `on-data` to the trait, with the relay's message handle as [`crate::types::Message`].
+pub fn on_data<P: Plugin>(
+    plugin: &P,
+    input: crate::bindings::relay::policy::types::DataInput,
+    message: &crate::bindings::relay::policy::types::Message,
+) -> DataVerdict {
+    let input = DataInput {
+        session: input.session,
+        mail_from: input.mail_from,
+        recipients: input.recipients,
+        message: Message::from_host(message),
+        tags: input.tags,
+    };
+    plugin.on_data(&input)
 }
 
 /// Routes `choose-ip` to the trait.

@@ -23,9 +23,6 @@ pub trait Plugin: Default + 'static {
     const NAME: &'static str;
     /// The plugin's version, reported by `describe()`.
     const VERSION: &'static str = "0.1.0";
-    /// True when [`Plugin::on_data`] needs the message text (`MessageInfo::body_text`); the
-    /// relay only decodes and copies the body for plugins that ask.
-    const WANTS_BODY: bool = false;
 
     /// Called for each `RCPT TO`, before the relay replies to it.
     fn on_rcpt(&self, input: &RcptInput) -> RcptVerdict {
@@ -35,7 +32,8 @@ pub trait Plugin: Default + 'static {
 
     /// Called once per message after the end of `DATA`, before the relay replies. Headers and
     /// tags in the verdict are kept even when another plugin makes the decision.
-    fn on_data(&self, input: &DataInput) -> DataVerdict {
+    /// `input.message` is read on demand: the relay parses only what the plugin asks.
+    fn on_data(&self, input: &DataInput<'_>) -> DataVerdict {
         let _ = input;
         DataVerdict::default()
     }
@@ -85,7 +83,7 @@ pub trait Plugin: Default + 'static {
 /// module level (normally in `lib.rs`).
 ///
 /// The expansion implements the component's exports: `describe()` answers from
-/// [`Plugin::NAME`], [`Plugin::VERSION`], [`Plugin::WANTS_BODY`] and the list (see
+/// [`Plugin::NAME`], [`Plugin::VERSION`] and the list (see
 /// [`Exported`], which the macro implements for your type); each hook creates the plugin
 /// value with [`Default`] on first use in the instance, then calls the trait method with a
 /// reference to the input. It also installs a panic hook that sends the panic message to the
@@ -110,7 +108,7 @@ macro_rules! export_plugin {
         }
 
         // The Guest impl is type-checked on every target, but only exported on wasm32: the
-        // component's export names (`relay:policy/hooks@0.2.0#on-rcpt`) are not valid symbol
+        // component's export names (`relay:policy/hooks@0.3.0#on-rcpt`) are not valid symbol
         // names for a native cdylib.
         #[allow(dead_code)]
         const _: () = {
@@ -129,8 +127,11 @@ macro_rules! export_plugin {
                     __PLUGIN_SDK_INSTANCE.with(|plugin| $crate::__private::on_rcpt(plugin, &input))
                 }
 
-                fn on_data(input: $crate::types::DataInput) -> $crate::types::DataVerdict {
-                    __PLUGIN_SDK_INSTANCE.with(|plugin| $crate::__private::on_data(plugin, &input))
+                fn on_data(
+                    input: $crate::bindings::relay::policy::types::DataInput,
+                    message: &$crate::bindings::relay::policy::types::Message,
+                ) -> $crate::types::DataVerdict {
+                    __PLUGIN_SDK_INSTANCE.with(|plugin| $crate::__private::on_data(plugin, input, message))
                 }
 
                 fn choose_ip(input: $crate::types::ChooseInput) -> $crate::types::ChooseVerdict {
@@ -158,7 +159,7 @@ pub trait Exported: Plugin {
     /// The hooks named in the `export_plugin!` line, in that order.
     const HOOKS: &'static [Hook];
 
-    /// The plugin's `describe()` answer: name, version, hooks (each once) and `wants_body`.
+    /// The plugin's `describe()` answer: name, version and hooks (each once).
     fn describe() -> PluginInfo {
         let mut hooks: Vec<Hook> = Vec::with_capacity(Self::HOOKS.len());
         for hook in Self::HOOKS {
@@ -170,7 +171,6 @@ pub trait Exported: Plugin {
             name: Self::NAME.to_owned(),
             version: Self::VERSION.to_owned(),
             hooks,
-            wants_body: Self::WANTS_BODY,
         }
     }
 }
@@ -222,7 +222,6 @@ mod tests {
     impl Plugin for Busy {
         const NAME: &'static str = "busy";
         const VERSION: &'static str = "2.3.4";
-        const WANTS_BODY: bool = true;
 
         fn on_rcpt(&self, _input: &RcptInput) -> RcptVerdict {
             self.calls.set(self.calls.get() + 1);
@@ -256,14 +255,12 @@ mod tests {
         assert_eq!(info.name, "quiet");
         assert_eq!(info.version, "0.1.0");
         assert!(info.hooks.is_empty());
-        assert!(!info.wants_body);
     }
 
     #[test]
     fn describe_lists_each_exported_hook_once_in_macro_order() {
         let info = Busy::describe();
         assert_eq!(info.version, "2.3.4");
-        assert!(info.wants_body);
         assert_eq!(
             info.hooks,
             [Hook::OnBounce, Hook::OnRcpt, Hook::ChooseIp, Hook::OnData]

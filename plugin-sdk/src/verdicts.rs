@@ -6,12 +6,12 @@
 use std::fmt;
 
 use crate::types::{
-    BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
-    DataVerdict, Header, IpChoice, MailFrom, MessageInfo, MimePart, RcptVerdict, SmtpReply, Tag,
+    BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataVerdict,
+    Header, IpChoice, MailFrom, RcptVerdict, SmtpReply, Tag,
 };
 
 /// The value of the last tag named `key` (a later value for the same key wins).
-fn find_tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+pub(crate) fn find_tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter()
         .rev()
         .find(|tag| tag.key == key)
@@ -301,36 +301,6 @@ impl MailFrom {
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.as_str())
-    }
-}
-
-impl MessageInfo {
-    /// The value of the first top-level header field named `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|header| header.name.eq_ignore_ascii_case(name))
-            .map(|header| header.value.as_str())
-    }
-
-    /// The values of every top-level header field named `name` (case-insensitive), in order.
-    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |header| header.name.eq_ignore_ascii_case(name))
-            .map(|header| header.value.as_str())
-    }
-
-    /// The MIME parts that are attachments.
-    pub fn attachments(&self) -> impl Iterator<Item = &MimePart> + '_ {
-        self.parts.iter().filter(|part| part.is_attachment)
-    }
-}
-
-impl DataInput {
-    /// The value of the tag `key` set by plugins that ran earlier (the last value wins).
-    pub fn tag(&self, key: &str) -> Option<&str> {
-        find_tag(&self.tags, key)
     }
 }
 

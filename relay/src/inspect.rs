@@ -1,10 +1,20 @@
-//! The plugin's view of a message (the WIT `message-info`), parsed once with mail-parser.
+//! The message as `on_data` plugins see it: a [`MessageView`] over the received bytes that
+//! parses only what a plugin asks for, once per message, with mail-parser.
+//!
+//! Header fields come from a scan of the header section (name and value ranges), so asking
+//! for one field costs a scan and an unfolded copy. Structured answers (addresses, the
+//! Message-ID, a decoded Subject) parse just the fields they need. The MIME structure of a
+//! single-part message comes from its MIME fields and a count of its body; multipart and
+//! nested messages, and the body text, get mail-parser's full parse.
+
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use mail_parser::{
-    Address, ContentType, Encoding, MessageParser, MessagePart, MimeHeaders, PartType,
+    Address, ContentType, Encoding, HeaderName, MessageParser, MessagePart, MimeHeaders, PartType,
 };
 
-use crate::policy::{Header, MessageInfo, MimePart};
+use crate::policy::{Header, MimePart};
 
 /// Most header fields handed to plugins; a message with more is still seen, truncated.
 const MAX_HEADERS: usize = 500;
@@ -12,93 +22,301 @@ const MAX_HEADERS: usize = 500;
 const MAX_PARTS: usize = 500;
 /// Longest body text handed to plugins that ask for it.
 const MAX_BODY_TEXT: usize = 1024 * 1024;
+/// Fields whose value is unstructured text with RFC 2047 encoded words, decoded for plugins
+/// (the fields mail-parser reads as text).
+const TEXT_FIELDS: [&str; 5] = [
+    "subject",
+    "comments",
+    "content-description",
+    "content-location",
+    "content-transfer-encoding",
+];
 
-/// Parses `raw` (the message as received) into what `on_data` sees. A message mail-parser
-/// cannot make sense of still yields its size and no headers; plugins decide what that means.
+/// One top-level header field: where its name and value are in the message.
+#[derive(Debug, Clone)]
+struct Field {
+    /// The name, without the colon and trailing white space.
+    name: Range<usize>,
+    /// The value as written: after the colon up to the end of its last (folded) line.
+    value: Range<usize>,
+}
+
+/// A received message, and what plugins have asked of it so far.
 ///
-/// A single-part message (most transactional mail) has only its header section parsed: its
-/// one part is measured, not decoded. Multipart and nested messages, and plugins that asked
-/// for the text, get mail-parser's full parse.
-pub(crate) fn message_info(raw: &[u8], with_body: bool) -> MessageInfo {
-    let parser = MessageParser::default();
-    let (header, body) = raw.split_at(body_offset(raw));
-    let header_only = if with_body || may_be_container(header) {
-        None
-    } else {
-        parser
-            .parse_headers(raw)
-            .filter(|m| !m.content_type().is_some_and(is_container))
-    };
-    let single_part = header_only.is_some();
-    let Some(message) = header_only.or_else(|| parser.parse(raw)) else {
-        return MessageInfo {
-            size: raw.len() as u64,
-            headers: Vec::new(),
-            subject: None,
-            from: Vec::new(),
-            to: Vec::new(),
-            cc: Vec::new(),
-            message_id: None,
-            parts: Vec::new(),
-            body_text: None,
-        };
-    };
-    let headers = message
-        .headers()
-        .iter()
-        .take(MAX_HEADERS)
-        .map(|h| Header {
-            name: h.name().to_string(),
-            // Unstructured fields come unfolded and decoded; others as written.
-            value: match h.value().as_text() {
-                Some(text) => unfold(text),
-                None => raw_value(raw, h.offset_start(), h.offset_end()),
-            },
-        })
-        .collect();
-    let parts = if single_part {
-        message
-            .parts
-            .first()
-            .map(|root| vec![mime_part(root, decoded_len(body, transfer_encoding(root)))])
-            .unwrap_or_default()
-    } else {
-        message
-            .parts
+/// Every answer is computed on first use and kept, so several plugins asking the same costs
+/// one parse. [`MessageView::into_bytes`] gives the bytes back when the hooks are done.
+pub(crate) struct MessageView {
+    raw: Vec<u8>,
+    fields: OnceLock<Vec<Field>>,
+    parts: OnceLock<Vec<MimePart>>,
+    body_text: OnceLock<Option<String>>,
+}
+
+impl MessageView {
+    /// A view of `raw`, the message as received; nothing is parsed yet.
+    pub fn new(raw: Vec<u8>) -> MessageView {
+        MessageView {
+            raw,
+            fields: OnceLock::new(),
+            parts: OnceLock::new(),
+            body_text: OnceLock::new(),
+        }
+    }
+
+    /// The message's bytes, unchanged.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.raw
+    }
+
+    /// The message's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Size in bytes as received.
+    pub fn size(&self) -> u64 {
+        self.raw.len() as u64
+    }
+
+    fn fields(&self) -> &[Field] {
+        self.fields.get_or_init(|| scan_fields(&self.raw))
+    }
+
+    fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        self.fields()
             .iter()
-            .take(MAX_PARTS)
-            .map(|part| {
-                let body = raw
-                    .get(part.offset_body as usize..part.offset_end as usize)
-                    .unwrap_or_default();
-                let size = match &part.body {
-                    PartType::Multipart(_) => 0,
-                    PartType::Message(_) => body.len() as u64,
-                    _ => decoded_len(body, part.encoding),
-                };
-                mime_part(part, size)
+            .filter(move |f| self.raw[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// The value of `field` as plugins see it: unfolded and, for text fields, decoded.
+    fn value_of(&self, field: &Field) -> String {
+        let raw = &self.raw[field.value.clone()];
+        let name = &self.raw[field.name.clone()];
+        let decode = TEXT_FIELDS
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t.as_bytes()))
+            && memchr::memmem::find(raw, b"=?").is_some();
+        if decode {
+            if let Some(text) = self.parse_fields(&[field], |m| {
+                m.headers()
+                    .first()
+                    .and_then(|h| h.value().as_text().map(unfold))
+            }) {
+                return text;
+            }
+        }
+        unfold(&String::from_utf8_lossy(raw))
+    }
+
+    /// The first top-level field called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.named(name).next().map(|f| self.value_of(f))
+    }
+
+    /// Every top-level field called `name` (any case), in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.named(name).map(|f| self.value_of(f)).collect()
+    }
+
+    /// All top-level header fields, in order (at most [`MAX_HEADERS`]).
+    pub fn headers(&self) -> Vec<Header> {
+        self.fields()
+            .iter()
+            .take(MAX_HEADERS)
+            .map(|f| Header {
+                name: String::from_utf8_lossy(&self.raw[f.name.clone()]).into_owned(),
+                value: self.value_of(f),
             })
             .collect()
-    };
-    let body_text = if with_body {
-        message
-            .body_text(0)
-            .or_else(|| message.body_html(0))
-            .map(|text| truncate(&text, MAX_BODY_TEXT))
-    } else {
-        None
-    };
-    MessageInfo {
-        size: raw.len() as u64,
-        headers,
-        subject: message.subject().map(str::to_string),
-        from: addresses(message.from()),
-        to: addresses(message.to()),
-        cc: addresses(message.cc()),
-        message_id: message.message_id().map(str::to_string),
-        parts,
-        body_text,
     }
+
+    /// Parses only the fields `fields` (a header section of their own) and reads it with `f`.
+    fn parse_fields<R>(
+        &self,
+        fields: &[&Field],
+        f: impl FnOnce(&mail_parser::Message<'_>) -> Option<R>,
+    ) -> Option<R> {
+        let mut section = Vec::new();
+        for field in fields {
+            section.extend_from_slice(&self.raw[field.name.start..field.value.end]);
+            if !section.ends_with(b"\n") {
+                section.extend_from_slice(b"\r\n");
+            }
+        }
+        section.extend_from_slice(b"\r\n");
+        MessageParser::default()
+            .parse_headers(&section[..])
+            .and_then(|m| f(&m))
+    }
+
+    /// The fields called `name` parsed as mail-parser parses that field.
+    fn parse_named<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mail_parser::Message<'_>) -> Option<R>,
+    ) -> Option<R> {
+        let fields: Vec<&Field> = self.named(name).collect();
+        if fields.is_empty() {
+            return None;
+        }
+        self.parse_fields(&fields, f)
+    }
+
+    /// The Subject, decoded.
+    pub fn subject(&self) -> Option<String> {
+        self.parse_named("subject", |m| m.subject().map(str::to_string))
+    }
+
+    /// Addresses in the fields called `name` (From, To or Cc).
+    fn addresses(&self, name: &str, header: HeaderName<'static>) -> Vec<String> {
+        self.parse_named(name, |m| {
+            let mut all = Vec::new();
+            for h in m.headers().iter().filter(|h| h.name == header) {
+                all.extend(addresses(h.value().as_address()));
+            }
+            Some(all)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Addresses in From:.
+    pub fn from(&self) -> Vec<String> {
+        self.addresses("from", HeaderName::From)
+    }
+
+    /// Addresses in To:.
+    pub fn to(&self) -> Vec<String> {
+        self.addresses("to", HeaderName::To)
+    }
+
+    /// Addresses in Cc:.
+    pub fn cc(&self) -> Vec<String> {
+        self.addresses("cc", HeaderName::Cc)
+    }
+
+    /// The Message-ID without angle brackets.
+    pub fn message_id(&self) -> Option<String> {
+        self.parse_named("message-id", |m| m.message_id().map(str::to_string))
+    }
+
+    /// The MIME structure, flattened in document order (at most [`MAX_PARTS`]).
+    ///
+    /// A single-part message (most transactional mail) has only its MIME fields parsed: its
+    /// one part is measured, not decoded. Multipart and nested messages get the full parse.
+    pub fn parts(&self) -> &[MimePart] {
+        self.parts.get_or_init(|| {
+            let body_at = body_offset(&self.raw);
+            let (header, body) = self.raw.split_at(body_at);
+            if !may_be_container(header) {
+                let mime: Vec<&Field> = self
+                    .fields()
+                    .iter()
+                    .filter(|f| {
+                        let name = &self.raw[f.name.clone()];
+                        name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
+                    })
+                    .collect();
+                let single = self.parse_fields(&mime, |m| {
+                    let root = m.parts.first()?;
+                    if root.content_type().is_some_and(is_container) {
+                        return None;
+                    }
+                    Some(vec![mime_part(
+                        root,
+                        decoded_len(body, transfer_encoding(root)),
+                    )])
+                });
+                // No MIME fields at all: plain text, as mail-parser reads it too.
+                let single = single.or_else(|| mime.is_empty().then(|| plain_text(body)));
+                if let Some(parts) = single {
+                    return parts;
+                }
+            }
+            MessageParser::default()
+                .parse(&self.raw[..])
+                .map(|message| {
+                    message
+                        .parts
+                        .iter()
+                        .take(MAX_PARTS)
+                        .map(|part| {
+                            let body = self
+                                .raw
+                                .get(part.offset_body as usize..part.offset_end as usize)
+                                .unwrap_or_default();
+                            let size = match &part.body {
+                                PartType::Multipart(_) => 0,
+                                PartType::Message(_) => body.len() as u64,
+                                _ => decoded_len(body, part.encoding),
+                            };
+                            mime_part(part, size)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    /// The first text/plain (else text/html) part as text, at most [`MAX_BODY_TEXT`] bytes.
+    pub fn body_text(&self) -> Option<&str> {
+        self.body_text
+            .get_or_init(|| {
+                let message = MessageParser::default().parse(&self.raw[..])?;
+                message
+                    .body_text(0)
+                    .or_else(|| message.body_html(0))
+                    .map(|text| truncate(&text, MAX_BODY_TEXT))
+            })
+            .as_deref()
+    }
+}
+
+/// The top-level header fields of `raw`: a line that starts with a name and a colon starts a
+/// field, a line that starts with white space continues it (RFC 5322 2.2.3), and the first
+/// empty line ends the section. Lines that are neither (no colon) are skipped, as mail-parser
+/// skips them.
+fn scan_fields(raw: &[u8]) -> Vec<Field> {
+    let mut fields: Vec<Field> = Vec::new();
+    let mut continues = false;
+    let mut pos = 0;
+    while pos < raw.len() {
+        let end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |lf| pos + lf + 1);
+        let line = &raw[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if continues {
+                if let Some(field) = fields.last_mut() {
+                    field.value.end = end;
+                }
+            }
+        } else {
+            continues = false;
+            if let Some(colon) = memchr::memchr(b':', line) {
+                let name = line[..colon].trim_ascii_end();
+                if !name.is_empty() && !name.iter().any(|b| b.is_ascii_whitespace()) {
+                    fields.push(Field {
+                        name: pos..pos + name.len(),
+                        value: pos + colon + 1..end,
+                    });
+                    continues = true;
+                }
+            }
+        }
+        pos = end;
+    }
+    fields
+}
+
+/// The one part of a message without MIME fields: plain text (RFC 2045 5.2).
+fn plain_text(body: &[u8]) -> Vec<MimePart> {
+    vec![MimePart {
+        content_type: "text/plain".to_string(),
+        filename: None,
+        is_attachment: false,
+        size: body.len() as u64,
+    }]
 }
 
 /// False only when the header section cannot declare a multipart or message type: a quick
@@ -195,12 +413,6 @@ fn decoded_len(body: &[u8], encoding: Encoding) -> u64 {
     }
 }
 
-/// A header's raw value, unfolded and trimmed (decoding stays with the plugin if it cares).
-fn raw_value(raw: &[u8], start: u32, end: u32) -> String {
-    let bytes = raw.get(start as usize..end as usize).unwrap_or_default();
-    unfold(&String::from_utf8_lossy(bytes))
-}
-
 /// Undoes RFC 5322 2.2.3 folding: a line break followed by white space becomes one space.
 fn unfold(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -252,76 +464,143 @@ Content-Transfer-Encoding: base64\r\n\
 TVqQAAMAAAAEAAAA\r\n\
 --b--\r\n";
 
+    fn view(raw: &[u8]) -> MessageView {
+        MessageView::new(raw.to_vec())
+    }
+
     #[test]
     fn headers_addresses_and_attachments_are_seen() {
-        let info = message_info(MIXED, false);
-        assert_eq!(info.subject.as_deref(), Some("Grüße"));
-        assert_eq!(info.from, vec!["alice@example.test"]);
-        assert_eq!(info.to, vec!["bob@example.org", "carol@example.org"]);
-        assert_eq!(info.message_id.as_deref(), Some("m1@example.test"));
-        let campaign = info
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("x-campaign"))
-            .expect("header");
-        assert_eq!(campaign.value, "spring sale", "folded values are unfolded");
-        let attachment = info
-            .parts
+        let message = view(MIXED);
+        assert_eq!(message.subject().as_deref(), Some("Grüße"));
+        assert_eq!(message.header("subject").as_deref(), Some("Grüße"));
+        assert_eq!(message.from(), vec!["alice@example.test"]);
+        assert_eq!(message.to(), vec!["bob@example.org", "carol@example.org"]);
+        assert!(message.cc().is_empty());
+        assert_eq!(message.message_id().as_deref(), Some("m1@example.test"));
+        assert_eq!(
+            message.header("X-CAMPAIGN").as_deref(),
+            Some("spring sale"),
+            "folded values are unfolded"
+        );
+        assert_eq!(
+            message.header("from").as_deref(),
+            Some("Alice <alice@example.test>"),
+            "structured fields come as written"
+        );
+        let names: Vec<String> = message.headers().into_iter().map(|h| h.name).collect();
+        assert_eq!(
+            names,
+            [
+                "From",
+                "To",
+                "Subject",
+                "Message-ID",
+                "X-Campaign",
+                "MIME-Version",
+                "Content-Type"
+            ]
+        );
+        let attachment = message
+            .parts()
             .iter()
             .find(|p| p.is_attachment)
             .expect("attachment");
         assert_eq!(attachment.filename.as_deref(), Some("run.exe"));
         assert_eq!(attachment.content_type, "application/octet-stream");
-        assert_eq!(info.parts[0].content_type, "multipart/mixed");
-        assert!(info.body_text.is_none(), "body only on request");
+        assert_eq!(message.parts()[0].content_type, "multipart/mixed");
+        assert_eq!(
+            message.header("Content-Type").as_deref(),
+            Some("multipart/mixed; boundary=\"b\""),
+            "the top level only: a part's fields are not the message's"
+        );
+        assert_eq!(message.size(), MIXED.len() as u64);
     }
 
     #[test]
-    fn body_text_is_given_only_when_asked() {
-        let info = message_info(MIXED, true);
-        assert_eq!(
-            info.body_text.as_deref().map(str::trim),
-            Some("hello there")
-        );
+    fn every_field_of_a_name_is_listed_and_missing_ones_are_none() {
+        let message =
+            view(b"Received: a\r\nReceived: b\r\n\tc\r\nX-Odd:\r\n\r\nReceived: body\r\n");
+        assert_eq!(message.header_all("received"), ["a", "b c"]);
+        assert_eq!(message.header("x-odd").as_deref(), Some(""));
+        assert_eq!(message.header("subject"), None);
+        assert_eq!(message.subject(), None);
+        assert!(message.from().is_empty());
+        assert_eq!(message.message_id(), None);
+    }
+
+    #[test]
+    fn lines_that_are_not_fields_are_skipped() {
+        let message = view(b" leading fold\r\nno colon here\r\nBad Name: x\r\nGood: y\r\n\r\n");
+        let headers = message.headers();
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers[0].name, "Good");
+        assert_eq!(headers[0].value, "y");
+    }
+
+    #[test]
+    fn body_text_is_decoded_on_request() {
+        assert_eq!(view(MIXED).body_text().map(str::trim), Some("hello there"));
     }
 
     #[test]
     fn part_sizes_are_decoded_sizes() {
-        let info = message_info(MIXED, false);
-        let attachment = info
-            .parts
-            .iter()
-            .find(|p| p.is_attachment)
-            .expect("attachment");
+        let message = view(MIXED);
+        let parts = message.parts();
+        let attachment = parts.iter().find(|p| p.is_attachment).expect("attachment");
         assert_eq!(attachment.size, 12, "16 base64 symbols are 12 bytes");
         // The CRLF before a boundary belongs to the boundary (RFC 2046 5.1.1).
-        assert_eq!(info.parts[1].size, "hello there".len() as u64);
+        assert_eq!(parts[1].size, "hello there".len() as u64);
         assert_eq!(
-            info.parts[0].size, 0,
+            parts[0].size, 0,
             "a multipart container has no content of its own"
         );
     }
 
     #[test]
-    fn a_single_part_message_is_described_from_its_header_section() {
+    fn a_single_part_message_is_described_from_its_mime_fields() {
         let raw = b"From: a@example.test\r\n\
 Subject: report\r\n\
-Content-Type: application/pdf; name=\"q3.pdf\"\r\n\
+Content-Type: application/pdf;\r\n\tname=\"q3.pdf\"\r\n\
 Content-Transfer-Encoding: base64\r\n\
 \r\n\
 JVBERi0xLjQK\r\n\
 JVBERi0x\r\n";
-        let info = message_info(raw, false);
-        assert_eq!(info.subject.as_deref(), Some("report"));
-        assert_eq!(info.from, vec!["a@example.test"]);
-        assert_eq!(info.parts.len(), 1);
-        let part = &info.parts[0];
+        let message = view(raw);
+        assert_eq!(message.subject().as_deref(), Some("report"));
+        assert_eq!(message.from(), vec!["a@example.test"]);
+        let parts = message.parts();
+        assert_eq!(parts.len(), 1);
+        let part = &parts[0];
         assert_eq!(part.content_type, "application/pdf");
         assert_eq!(part.filename.as_deref(), Some("q3.pdf"));
         assert!(part.is_attachment, "a named non-text part is a file");
         assert_eq!(part.size, 9 + 6);
-        // The full parse (asked for by a plugin that wants the text) agrees.
-        assert_eq!(message_info(raw, true).parts[0], *part);
+        // mail-parser's full parse agrees.
+        let full = MessageParser::default().parse(&raw[..]).expect("parses");
+        let root = &full.parts[0];
+        assert_eq!(mime_part(root, part.size), *part);
+    }
+
+    #[test]
+    fn a_message_without_mime_fields_is_plain_text() {
+        let message = view(b"Subject: hi\r\n\r\nhello\r\n");
+        assert_eq!(
+            message.parts(),
+            [MimePart {
+                content_type: "text/plain".to_string(),
+                filename: None,
+                is_attachment: false,
+                size: 7,
+            }]
+        );
+    }
+
+    #[test]
+    fn answers_are_kept_and_the_bytes_come_back_unchanged() {
+        let message = view(MIXED);
+        let first = message.parts().as_ptr();
+        assert_eq!(message.parts().as_ptr(), first, "parsed once");
+        assert_eq!(message.into_bytes(), MIXED);
     }
 
     #[test]
@@ -347,8 +626,12 @@ JVBERi0x\r\n";
 
     #[test]
     fn unparsable_bytes_still_give_a_size() {
-        let info = message_info(b"", false);
-        assert_eq!(info.size, 0);
-        assert!(info.headers.is_empty());
+        let message = view(b"");
+        assert_eq!(message.size(), 0);
+        assert!(message.headers().is_empty());
+        assert_eq!(message.body_text(), None);
+        let garbage = view(b"\x00\xff\xfe no header section");
+        assert!(garbage.headers().is_empty());
+        assert!(garbage.parts().len() <= 1);
     }
 }

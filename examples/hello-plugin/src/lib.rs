@@ -82,7 +82,7 @@ impl Plugin for Hello {
     /// Adds `X-Hello` and tags the message `hello=<subject or "none">`. The action stays "no
     /// opinion": headers and tags are kept whoever decides about the message.
     fn on_data(&self, input: &DataInput) -> DataVerdict {
-        let subject = input.message.subject.as_deref().unwrap_or("none");
+        let subject = input.message.subject().unwrap_or("none");
         DataVerdict::no_opinion()
             .with_header("X-Hello", &self.config().greeting)
             .with_tag("hello", subject)

@@ -1,8 +1,8 @@
 //! Builders for hook inputs with sensible defaults, so plugin tests stay short.
 
 use crate::types::{
-    BounceInput, ChooseInput, DataInput, FailureKind, Header, MailFrom, MessageInfo, MimePart,
-    Pool, PoolMember, RcptInput, Session, SmtpReply, Source, Tag,
+    BounceInput, ChooseInput, DataInput, FailureKind, Header, MailFrom, Message, MessageInfo,
+    MimePart, Pool, PoolMember, RcptInput, Session, SmtpReply, Source, Tag,
 };
 
 /// The default test message id used by [`choose`] and [`bounce`].
@@ -87,7 +87,8 @@ pub fn message() -> MessageBuilder {
     MessageBuilder::default()
 }
 
-/// Builds the [`MessageInfo`] that `on_data` sees, the way the relay's parser fills it.
+/// Builds the message that `on_data` sees ([`MessageInfo`], as a [`Message`]), the way the
+/// relay's parser would answer for it.
 ///
 /// Headers named Subject, From, To, Cc and Message-ID also fill the matching fields. The
 /// MIME structure is a single `text/plain` part, or `multipart/mixed` with the text part
@@ -122,8 +123,7 @@ impl MessageBuilder {
         self.header("To", address)
     }
 
-    /// Sets the body text (a `text/plain` part). The relay only passes `body_text` to
-    /// plugins with `WANTS_BODY`; the builder always fills it.
+    /// Sets the body text (a `text/plain` part, and what `body_text()` answers).
     pub fn body(mut self, text: &str) -> Self {
         self.body = Some(text.to_owned());
         self
@@ -217,7 +217,7 @@ impl MessageBuilder {
     }
 
     /// The `on_data` input for this message from `mail_from` to `recipients`; see [`data`].
-    pub fn into_data(self, mail_from: &str, recipients: &[&str]) -> DataInput {
+    pub fn into_data(self, mail_from: &str, recipients: &[&str]) -> DataInput<'static> {
         data(mail_from, recipients, self)
     }
 }
@@ -225,6 +225,12 @@ impl MessageBuilder {
 impl From<MessageBuilder> for MessageInfo {
     fn from(builder: MessageBuilder) -> Self {
         builder.build()
+    }
+}
+
+impl From<MessageBuilder> for Message<'static> {
+    fn from(builder: MessageBuilder) -> Self {
+        Message::from(builder.build())
     }
 }
 
@@ -245,17 +251,17 @@ pub fn data(
     mail_from_address: &str,
     recipients: &[&str],
     message: impl Into<MessageInfo>,
-) -> DataInput {
+) -> DataInput<'static> {
     DataInput {
         session: session(),
         mail_from: mail_from(mail_from_address),
         recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
-        message: message.into(),
+        message: Message::from(message.into()),
         tags: Vec::new(),
     }
 }
 
-impl DataInput {
+impl DataInput<'_> {
     /// Adds a tag as if an earlier plugin had set it.
     pub fn with_tag(mut self, key: &str, value: &str) -> Self {
         self.tags.push(Tag::new(key, value));
@@ -422,7 +428,10 @@ mod tests {
         assert_eq!(info.to, ["bob@y.test", "carol@y.test"]);
         assert_eq!(info.cc, ["dan@y.test"]);
         assert_eq!(info.message_id.as_deref(), Some("<1@x.test>"));
-        assert_eq!(info.header("subject"), Some("Hi"));
+        assert_eq!(
+            Message::from(info.clone()).header("subject").as_deref(),
+            Some("Hi")
+        );
         assert_eq!(info.parts.len(), 1);
         assert_eq!(info.parts[0].content_type, "text/plain");
         assert!(info.size > 0);
@@ -446,12 +455,13 @@ mod tests {
                 "application/pdf"
             ]
         );
-        let names: Vec<&str> = info
+        let message = Message::from(info.clone());
+        let names: Vec<&str> = message
             .attachments()
             .filter_map(|p| p.filename.as_deref())
             .collect();
         assert_eq!(names, ["a.exe", "b.pdf"]);
-        assert_eq!(info.body_text.as_deref(), Some("see attached"));
+        assert_eq!(message.body_text(), Some("see attached"));
         assert_eq!(info.size, 5_000);
     }
 

@@ -27,7 +27,11 @@ pub(crate) fn judge(config: &Config, input: &DataInput) -> DataVerdict {
                 "Message has no From header (RFC 5322 3.6.2)",
             );
         }
-        if !message.from.iter().any(|address| address.contains('@')) {
+        if !message
+            .from_addresses()
+            .iter()
+            .any(|address| address.contains('@'))
+        {
             return DataVerdict::reject(
                 550,
                 "5.6.0",
@@ -50,6 +54,7 @@ pub(crate) fn judge(config: &Config, input: &DataInput) -> DataVerdict {
     if let Some((header, key)) = &config.tag {
         if let Some(value) = message
             .header(header)
+            .as_deref()
             .map(str::trim)
             .filter(|value| !value.is_empty())
         {
@@ -63,8 +68,8 @@ pub(crate) fn judge(config: &Config, input: &DataInput) -> DataVerdict {
 ///
 /// Every part with a file name is checked, not only those marked as attachments: an inline
 /// `run.exe` is still a program on the recipient's disk.
-fn blocked_part(config: &Config, message: &MessageInfo) -> Option<String> {
-    for part in &message.parts {
+fn blocked_part(config: &Config, message: &Message<'_>) -> Option<String> {
+    for part in message.parts() {
         if let Some(filename) = &part.filename {
             if let Some(extension) = blocked_extension(config, filename) {
                 return Some(format!(

@@ -36,8 +36,7 @@ fn configured(config: serde_json::Value) -> TestHost {
 #[test]
 fn describes_itself_as_content_policy() {
     assert_eq!(ContentPolicy::NAME, "content-policy");
-    // Headers and the MIME structure are enough: the relay need not decode the body.
-    const { assert!(!ContentPolicy::WANTS_BODY) };
+    assert_eq!(ContentPolicy::describe().hooks, [Hook::OnData]);
 }
 
 #[test]

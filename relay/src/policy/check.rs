@@ -24,8 +24,6 @@ pub struct PluginReport {
     pub interface: &'static str,
     /// The hooks the plugin implements, in snake_case (`on_rcpt`, ...).
     pub hooks: Vec<&'static str>,
-    /// Whether `on_data` wants the message text.
-    pub wants_body: bool,
     /// SHA-256 of the file, hex.
     pub sha256: String,
 }
@@ -46,18 +44,13 @@ impl fmt::Display for PluginReport {
         writeln!(f, "  version:    {}", self.version)?;
         writeln!(f, "  interface:  {}", self.interface)?;
         writeln!(f, "  hooks:      {hooks}")?;
-        writeln!(
-            f,
-            "  wants_body: {}",
-            if self.wants_body { "yes" } else { "no" }
-        )?;
         write!(f, "  sha256:     {}", self.sha256)
     }
 }
 
 /// Validates a plugin file as the relay would load it: a component, built for a compatible
 /// interface version, with satisfiable imports and complete exports, that compiles and whose
-/// `describe()` works. Reports its name, version, hooks and `wants_body`.
+/// `describe()` works. Reports its name, version and hooks.
 pub fn check_plugin(path: &Path) -> Result<PluginReport, PolicyError> {
     let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
         path: path.to_path_buf(),
@@ -90,7 +83,6 @@ pub fn check_plugin(path: &Path) -> Result<PluginReport, PolicyError> {
         version: plugin.info.version.clone(),
         interface: INTERFACE,
         hooks: plugin.hook_names(),
-        wants_body: plugin.info.wants_body,
         sha256,
     })
 }

@@ -22,6 +22,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 use super::bindings::relay::policy::{host, types};
 use super::throttle::Throttle;
 use super::StateStore;
+use crate::inspect::MessageView;
 
 /// Longest key for `kv-*`, `counter-add` and `throttle`.
 const MAX_KEY_BYTES: usize = 512;
@@ -348,6 +349,101 @@ impl host::Host for HostState {
             allowed: decision.allowed,
             retry_after_ms: u64::try_from(decision.retry_after.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+}
+
+/// What a `message` handle stands for: the message of the `on-data` call in progress, shared
+/// by the plugins of the call (each has the handle in its own Store's table for the call).
+pub(crate) struct MessageHandle(pub Arc<MessageView>);
+
+/// The table entry behind a `message` handle (the bindings name the resource type
+/// `types::Message`; the table holds a [`MessageHandle`] under the same index).
+fn as_entry(handle: &Resource<types::Message>) -> Resource<MessageHandle> {
+    if handle.owned() {
+        Resource::new_own(handle.rep())
+    } else {
+        Resource::new_borrow(handle.rep())
+    }
+}
+
+impl HostState {
+    /// Lends `message` to the instance for one call; [`HostState::end_message`] takes it back.
+    pub fn lend_message(
+        &mut self,
+        message: &Arc<MessageView>,
+    ) -> wasmtime::Result<Resource<types::Message>> {
+        let entry = self.table.push(MessageHandle(Arc::clone(message)))?;
+        Ok(Resource::new_own(entry.rep()))
+    }
+
+    /// Takes back a message lent with [`HostState::lend_message`].
+    pub fn end_message(&mut self, handle: Resource<types::Message>) {
+        // Only fails if the handle is gone already, which leaves nothing to take back.
+        let _ = self.table.delete(as_entry(&handle));
+    }
+
+    fn message(&self, handle: &Resource<types::Message>) -> wasmtime::Result<&MessageView> {
+        Ok(&self.table.get(&as_entry(handle))?.0)
+    }
+}
+
+impl types::HostMessage for HostState {
+    fn size(&mut self, this: Resource<types::Message>) -> wasmtime::Result<u64> {
+        Ok(self.message(&this)?.size())
+    }
+
+    fn header(
+        &mut self,
+        this: Resource<types::Message>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.message(&this)?.header(&name))
+    }
+
+    fn header_all(
+        &mut self,
+        this: Resource<types::Message>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(self.message(&this)?.header_all(&name))
+    }
+
+    fn headers(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Vec<types::Header>> {
+        Ok(self.message(&this)?.headers())
+    }
+
+    fn subject(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Option<String>> {
+        Ok(self.message(&this)?.subject())
+    }
+
+    fn from(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.message(&this)?.from())
+    }
+
+    fn to(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.message(&this)?.to())
+    }
+
+    fn cc(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.message(&this)?.cc())
+    }
+
+    fn message_id(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Option<String>> {
+        Ok(self.message(&this)?.message_id())
+    }
+
+    fn parts(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Vec<types::MimePart>> {
+        Ok(self.message(&this)?.parts().to_vec())
+    }
+
+    fn body_text(&mut self, this: Resource<types::Message>) -> wasmtime::Result<Option<String>> {
+        Ok(self.message(&this)?.body_text().map(str::to_string))
+    }
+
+    fn drop(&mut self, this: Resource<types::Message>) -> wasmtime::Result<()> {
+        // The guest only ever borrows the message; the host takes it back after the call.
+        self.table.delete(as_entry(&this))?;
+        Ok(())
     }
 }
 

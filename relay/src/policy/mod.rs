@@ -4,7 +4,7 @@
 //! # Shape
 //! - One wasmtime [`Engine`](wasmtime::Engine) per [`Policy`]: component model, cranelift,
 //!   pooling allocator with copy-on-write memory images, epoch interruption (a background
-//!   thread ticks every millisecond) and an on-disk compiled-code cache (`cache_dir`, keyed by
+//!   thread ticks every quarter of `time_budget`, at least every millisecond) and an on-disk compiled-code cache (`cache_dir`, keyed by
 //!   the file's bytes and the engine configuration), so a restart does not recompile.
 //! - Each `<dir>/NAME.wasm` becomes one plugin named `NAME`. Loading checks everything before
 //!   mail sees the plugin: it is a component (not a core module), built for the interface
@@ -23,8 +23,9 @@
 //! stderr are discarded, sockets and name lookups are denied, and the WASI clocks are frozen at
 //! zero (the only clock is `host.now-ms`). `wasi:random` works (std seeds its hash maps with it).
 //! WASI calls that would block (`wasi:io/poll`, sleeping) trap instead: a hook must not wait.
-//! Per call a plugin has `time_budget` of CPU (epoch deadline), `memory_limit` bytes of linear
-//! memory, and at most 1 MiB of data per host call.
+//! Per call a plugin has `time_budget` (wall time, epoch deadline: at least the budget, at most
+//! a quarter more), `memory_limit` bytes of linear memory, and at most 1 MiB of data per host
+//! call.
 //!
 //! # Faults
 //! A trap, a timeout or memory exhaustion gives that call the hook's fallback, a
@@ -72,12 +73,12 @@ pub(crate) use bindings::exports::relay::policy::hooks::{Hook, PluginInfo};
 #[allow(unused_imports)]
 pub(crate) use bindings::relay::policy::types::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
-    DataVerdict, FailureKind, Header, IpChoice, MailFrom, MessageInfo, MimePart, Pool, PoolMember,
-    RcptInput, RcptVerdict, Session, SmtpReply, Source, Tag,
+    DataVerdict, FailureKind, Header, IpChoice, MailFrom, MimePart, Pool, PoolMember, RcptInput,
+    RcptVerdict, Session, SmtpReply, Source, Tag,
 };
 
 /// The interface version this relay binds (the WIT package of `plugin-sdk/wit`).
-pub const INTERFACE: &str = "relay:policy@0.2.0";
+pub const INTERFACE: &str = "relay:policy@0.3.0";
 
 /// Plugins' persistent state (key-value with TTL, counters), namespaced by plugin name.
 ///
@@ -224,7 +225,7 @@ pub enum PolicyError {
     InterfaceVersion {
         /// The refused file.
         file: PathBuf,
-        /// The version the plugin was built for, e.g. `relay:policy@0.2.0`.
+        /// The version the plugin was built for, e.g. `relay:policy@0.3.0`.
         found: String,
         /// The version this relay binds.
         expected: &'static str,

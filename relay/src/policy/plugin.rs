@@ -15,7 +15,7 @@ use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 use super::bindings::{self, PluginPre};
 use super::host::{one_line, HostState, PluginContext};
 use super::reuse::VerdictCache;
-use super::runtime::{ticks_for, Permit, Runtime};
+use super::runtime::{Permit, Runtime};
 use super::{ChooseVerdict, Hook, PluginInfo, PluginTable, PolicyError, INTERFACE};
 
 /// Calls an instance serves before it is replaced by a fresh one (linear memory never
@@ -383,7 +383,6 @@ pub(super) fn load(
             name: String::new(),
             version: String::new(),
             hooks: Vec::new(),
-            wants_body: false,
         },
         priority: candidate.table.priority,
         hooks: 0,
@@ -405,7 +404,7 @@ pub(super) fn load(
         reused_choices: AtomicU64::new(0),
     };
     let info = plugin
-        .run(ticks_for(DESCRIBE_BUDGET), |p, store| {
+        .run(runtime.ticks_for(DESCRIBE_BUDGET), |p, store| {
             p.relay_policy_hooks().call_describe(store)
         })
         .map_err(|failure| PolicyError::Describe {

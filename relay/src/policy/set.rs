@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use wasmtime::component::Resource;
+
 use super::plugin::{FaultCounts, HookCalls, LoadedPlugin, Outcome};
+use crate::inspect::MessageView;
+
 use super::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
     DataVerdict, Fallback, Fallbacks, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply, Tag,
@@ -71,13 +75,6 @@ impl PluginSet {
         self.plugins.iter().any(|p| p.implements(hook))
     }
 
-    /// True when some plugin that runs `on_data` asked for the message text (`wants-body`).
-    pub fn wants_body(&self) -> bool {
-        self.plugins
-            .iter()
-            .any(|p| p.info.wants_body && p.implements(Hook::OnData))
-    }
-
     /// The plugins' names in the order they run.
     pub fn names(&self) -> Vec<String> {
         self.plugins.iter().map(|p| p.name.clone()).collect()
@@ -124,7 +121,10 @@ impl PluginSet {
     /// Asks every plugin about the message. The action is the first other than no-opinion (a
     /// fault with a fail-closed fallback counts as `451 4.3.0`); headers and tags accumulate
     /// over all plugins, and each plugin sees the tags set before it in `input.tags`.
-    pub fn on_data(&self, input: &DataInput) -> DataVerdict {
+    ///
+    /// Each plugin gets `message` as a borrowed `message` handle for its call; what one plugin
+    /// asked of it is not parsed again for the next.
+    pub fn on_data(&self, input: &DataInput, message: &Arc<MessageView>) -> DataVerdict {
         let mut action: Option<DataAction> = None;
         let mut add_headers = Vec::new();
         let mut tags: Vec<Tag> = Vec::new();
@@ -133,7 +133,13 @@ impl PluginSet {
         for plugin in self.running(Hook::OnData) {
             let current = tagged.as_ref().unwrap_or(input);
             match plugin.call(Hook::OnData, |p, store| {
-                p.relay_policy_hooks().call_on_data(store, current)
+                let handle = store.data_mut().lend_message(message)?;
+                let lent = Resource::new_borrow(handle.rep());
+                let verdict = p
+                    .relay_policy_hooks()
+                    .call_on_data(&mut *store, current, lent);
+                store.data_mut().end_message(handle);
+                verdict
             }) {
                 Outcome::Done(verdict) => {
                     if action.is_none() && verdict.action != DataAction::NoOpinion {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
+use crate::inspect::MessageView;
 
 // ---------------------------------------------------------------------------------------------
 // Scaffolding
@@ -251,27 +252,20 @@ fn data(from: &str) -> DataInput {
             params: Vec::new(),
         },
         recipients: vec!["rcpt@example.net".to_string()],
-        message: MessageInfo {
-            size: 42,
-            headers: vec![Header {
-                name: "Subject".to_string(),
-                value: "hi".to_string(),
-            }],
-            subject: Some("hi".to_string()),
-            from: vec![from.to_string()],
-            to: vec!["rcpt@example.net".to_string()],
-            cc: Vec::new(),
-            message_id: None,
-            parts: vec![MimePart {
-                content_type: "text/plain".to_string(),
-                filename: None,
-                is_attachment: false,
-                size: 2,
-            }],
-            body_text: None,
-        },
         tags: Vec::new(),
     }
+}
+
+/// A small message from `from` to rcpt@example.net, as on_data reads it.
+fn message(from: &str) -> Arc<MessageView> {
+    Arc::new(MessageView::new(
+        format!("Subject: hi\r\nFrom: <{from}>\r\nTo: rcpt@example.net\r\n\r\nhi\r\n").into_bytes(),
+    ))
+}
+
+/// Runs on_data for `data(from)` and `message(from)`.
+fn on_data(set: &PluginSet, from: &str) -> DataVerdict {
+    set.on_data(&data(from), &message(from))
 }
 
 /// Asks `set` where `input`'s delivery should come from, as the relay does (reuse key first,
@@ -364,7 +358,6 @@ fn verdicts_flow_from_a_real_plugin_for_all_four_hooks() {
     for hook in [Hook::OnRcpt, Hook::OnData, Hook::ChooseIp, Hook::OnBounce] {
         assert!(set.implements(hook), "{hook:?}");
     }
-    assert!(!set.wants_body());
 
     assert_eq!(
         set.on_rcpt(&rcpt("bob@example.net")),
@@ -381,7 +374,7 @@ fn verdicts_flow_from_a_real_plugin_for_all_four_hooks() {
         other => panic!("expected a reject, got {other:?}"),
     }
 
-    let verdict = set.on_data(&data("sender@example.test"));
+    let verdict = on_data(&set, "sender@example.test");
     assert_eq!(verdict.action, DataAction::NoOpinion);
     assert_eq!(
         verdict.tags,
@@ -458,7 +451,7 @@ fn on_data_accumulates_tags_and_headers_and_later_plugins_see_earlier_tags() {
         ),
     );
     let policy = start(s);
-    let verdict = policy.snapshot().on_data(&data("sender@example.test"));
+    let verdict = on_data(&policy.snapshot(), "sender@example.test");
     match &verdict.action {
         DataAction::Reject(reply) => assert_eq!(reply.text, "no"),
         other => panic!("the first opinion (second's reject) wins, got {other:?}"),
@@ -528,7 +521,7 @@ fn fail_closed_fallbacks_tempfail_with_451_4_3_0() {
         }
         other => panic!("expected the fail-closed fallback, got {other:?}"),
     }
-    match set.on_data(&data("loop@example.test")).action {
+    match on_data(&set, "loop@example.test").action {
         DataAction::Tempfail(reply) => assert_eq!(reply.code, 451),
         other => panic!("expected the fail-closed fallback, got {other:?}"),
     }
@@ -805,15 +798,15 @@ fn bad_files_are_refused_with_clear_messages_and_the_old_version_stays_active() 
     let good_hash = stats_of(&loader.build_set(), "keeper").sha256;
     let bytes = std::fs::read(bad_plugin()).expect("read");
 
-    let version_0_3: Vec<u8> = {
+    let version_0_4: Vec<u8> = {
         let text = b"relay:policy/";
         let mut out = bytes.clone();
         let mut i = 0;
         while i + text.len() + 16 < out.len() {
             if out[i..].starts_with(text) {
                 let rest = &mut out[i + text.len()..];
-                if let Some(at) = rest.windows(6).take(16).position(|w| w == b"@0.2.0") {
-                    rest[at + 3] = b'3';
+                if let Some(at) = rest.windows(6).take(16).position(|w| w == b"@0.3.0") {
+                    rest[at + 3] = b'4';
                 }
             }
             i += 1;
@@ -836,12 +829,12 @@ fn bad_files_are_refused_with_clear_messages_and_the_old_version_stays_active() 
         (
             "empty",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            "does not implement relay:policy@0.2.0",
+            "does not implement relay:policy@0.3.0",
         ),
         (
             "version",
-            version_0_3,
-            "built for relay:policy@0.3.0, this relay binds relay:policy@0.2.0",
+            version_0_4,
+            "built for relay:policy@0.4.0, this relay binds relay:policy@0.3.0",
         ),
         (
             "truncated",
@@ -943,7 +936,6 @@ fn check_file_reports_name_version_and_hooks() {
         report.hooks,
         vec!["on_rcpt", "on_data", "choose_ip", "on_bounce"]
     );
-    assert!(!report.wants_body);
     let text = report.to_string();
     assert!(
         text.contains("hooks:      on_rcpt, on_data, choose_ip, on_bounce"),
@@ -1045,8 +1037,9 @@ fn hook_call_cost() {
     let rcpt_median = measure("on_rcpt (no opinion)", &|| {
         assert_eq!(set.on_rcpt(&input), RcptVerdict::NoOpinion);
     });
+    let view = message("sender@example.test");
     measure("on_data (no opinion)", &|| {
-        set.on_data(&data_input);
+        set.on_data(&data_input, &view);
     });
     let flush = cache_flusher();
     let cold = |label: &str, f: &dyn Fn()| time_calls_between(label, 10_000, f, &flush);
@@ -1054,7 +1047,7 @@ fn hook_call_cost() {
         set.on_rcpt(&input);
     });
     cold("on_data (no opinion), cold caches", &|| {
-        set.on_data(&data_input);
+        set.on_data(&data_input, &view);
     });
     assert!(rcpt_median < Duration::from_micros(50), "{rcpt_median:?}");
 }
@@ -1116,11 +1109,12 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
         },
         ..rcpt("rcpt@example.net")
     };
-    let data_input = |message: MessageInfo| DataInput {
-        message,
+    let data_input = DataInput {
         mail_from: rcpt_input.mail_from.clone(),
         ..data("loadgen@example.test")
     };
+    // As in the relay: the received bytes become a view, each plugin asks what it needs.
+    let on_data = || set.on_data(&data_input, &Arc::new(MessageView::new(raw.clone())));
     let choose_input = ChooseInput {
         message_id: "01KAQ3ZB6W2T5N8Y4H7J9M0C1D".to_string(),
         tags: Vec::new(),
@@ -1142,7 +1136,7 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
         }],
     };
     assert_eq!(set.on_rcpt(&rcpt_input), RcptVerdict::NoOpinion);
-    let verdict = set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
+    let verdict = on_data();
     assert_eq!(verdict.action, DataAction::NoOpinion, "{verdict:?}");
     assert_eq!(
         verdict.add_headers.len(),
@@ -1170,16 +1164,20 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     );
 
     let measure = |label: &str, f: &dyn Fn()| time_calls(label, 100_000, f);
-    measure("  parsing the message (inspect::message_info)", &|| {
-        std::hint::black_box(crate::inspect::message_info(&raw, false));
-    });
-    measure("  building on_data's input, parse included", &|| {
-        std::hint::black_box(data_input(crate::inspect::message_info(&raw, false)));
+    measure("  content-policy's questions, host side only", &|| {
+        let view = MessageView::new(raw.clone());
+        std::hint::black_box((
+            view.parts().len(),
+            view.header("From"),
+            view.from(),
+            view.header("Date"),
+            view.header("X-Campaign"),
+        ));
     });
     let total = measure("on_rcpt (rate-limit, suppression)", &|| {
         set.on_rcpt(&rcpt_input);
     }) + measure("on_data (content-policy), parse included", &|| {
-        set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
+        on_data();
     }) + measure("choose_ip (ip-pools), answer reused", &|| {
         choose_ip(&set, &choose_input);
     });
@@ -1195,7 +1193,7 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     let total = measure("on_rcpt (rate-limit, suppression), cold caches", &|| {
         set.on_rcpt(&rcpt_input);
     }) + measure("on_data (content-policy), parse included, cold", &|| {
-        set.on_data(&data_input(crate::inspect::message_info(&raw, false)));
+        on_data();
     }) + measure("choose_ip (ip-pools), answer reused, cold", &|| {
         choose_ip(&set, &choose_input);
     });

@@ -171,7 +171,6 @@ impl Loader {
                     declared_name = %plugin.info.name,
                     version = %plugin.info.version,
                     hooks = ?plugin.hook_names(),
-                    wants_body = plugin.info.wants_body,
                     priority = plugin.priority,
                     sha256 = %hash,
                     cache_hit = ?stats.cache_hit,

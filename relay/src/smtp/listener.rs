@@ -21,7 +21,7 @@ use crate::auth::{Admission, AuthLimiter, Users, Verified};
 use crate::config::{HygieneConfig, Listener, ListenerTls};
 use crate::hooks;
 use crate::hygiene;
-use crate::inspect;
+use crate::inspect::MessageView;
 use crate::policy::{DataAction, DataInput, Hook, PluginSet, Policy, RcptInput, RcptVerdict};
 use crate::spool::scheduler::Notifier;
 use crate::spool::{MessageId, NewMessage, Spool, SpoolError};
@@ -475,7 +475,7 @@ impl Handler for RelayHandler<'_> {
         resolution
     }
 
-    async fn message(&mut self, message: IncomingMessage, peer: SocketAddr) -> Resolution {
+    async fn message(&mut self, mut message: IncomingMessage, peer: SocketAddr) -> Resolution {
         let plugins = self.plugins.take();
         if message.bounce {
             // Parsed for on_bounce and dropped, never queued; 250 whatever it is, so a
@@ -502,10 +502,15 @@ impl Handler for RelayHandler<'_> {
                 ),
                 mail_from: hooks::mail_from(&message.mail_from, &message.params),
                 recipients: message.recipients.iter().map(|r| r.to_string()).collect(),
-                message: inspect::message_info(&message.body, plugins.wants_body()),
                 tags: Vec::new(),
             };
-            let verdict = plugins.on_data(&input);
+            // The plugins read the message through a view that parses what they ask for; the
+            // bytes come back unchanged (copied only if a plugin instance still held them).
+            let view = Arc::new(MessageView::new(std::mem::take(&mut message.body)));
+            let verdict = plugins.on_data(&input, &view);
+            message.body = Arc::try_unwrap(view)
+                .map(MessageView::into_bytes)
+                .unwrap_or_else(|view| view.bytes().to_vec());
             let refused = match &verdict.action {
                 DataAction::Reject(reply) => Some(hooks::reply_from_plugin(reply, true, "on_data")),
                 DataAction::Tempfail(reply) => {
