@@ -169,6 +169,13 @@ impl MessageView {
 
     /// Addresses in the fields called `name` (From, To or Cc).
     fn addresses(&self, name: &str, header: HeaderName<'static>) -> Vec<String> {
+        let mut fields = self.named(name);
+        if let (Some(only), None) = (fields.next(), fields.next()) {
+            let value = unfold(&String::from_utf8_lossy(&self.raw[only.value.clone()]));
+            if let Some(address) = simple_address(&value) {
+                return vec![address.to_string()];
+            }
+        }
         self.parse_named(name, |m| {
             let mut all = Vec::new();
             for h in m.headers().iter().filter(|h| h.name == header) {
@@ -208,6 +215,9 @@ impl MessageView {
             let body_at = body_offset(&self.raw);
             let (header, body) = self.raw.split_at(body_at);
             if !may_be_container(header) {
+                if let Some(part) = self.simple_part(body) {
+                    return vec![part];
+                }
                 let mime: Vec<&Field> = self
                     .fields()
                     .iter()
@@ -254,6 +264,71 @@ impl MessageView {
                         .collect()
                 })
                 .unwrap_or_default()
+        })
+    }
+
+    /// The one part of a single-part message whose MIME fields say no more than a media type
+    /// without a name and a transfer encoding (most transactional mail), read without a
+    /// parser; `None` when there is more to read (a disposition, a name, comments, encoded
+    /// words, a field given twice), which mail-parser then reads.
+    fn simple_part(&self, body: &[u8]) -> Option<MimePart> {
+        let mut content_type = None;
+        let mut encoding = None;
+        for field in self.fields() {
+            let name = &self.raw[field.name.clone()];
+            let value = &self.raw[field.value.clone()];
+            let slot = if name.eq_ignore_ascii_case(b"content-type") {
+                &mut content_type
+            } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
+                &mut encoding
+            } else if name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-") {
+                // Content-Disposition, Content-ID, ...: mail-parser's reading decides.
+                if name.eq_ignore_ascii_case(b"content-disposition") {
+                    return None;
+                }
+                continue;
+            } else {
+                continue;
+            };
+            if slot.is_some() || value.iter().any(|b| matches!(b, b'(' | b'\\')) {
+                return None;
+            }
+            *slot = Some(std::str::from_utf8(value).ok()?.trim());
+        }
+        let media_type = match content_type {
+            None => "text/plain".to_string(),
+            Some(value) => {
+                let (media_type, params) = value.split_once(';').unwrap_or((value, ""));
+                let lower = params.to_ascii_lowercase();
+                if lower.contains("name") || lower.contains("=?") {
+                    return None;
+                }
+                let (kind, sub) = media_type.trim().split_once('/')?;
+                let token = |t: &str| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+                };
+                if !token(kind) || !token(sub) {
+                    return None;
+                }
+                format!("{kind}/{sub}").to_ascii_lowercase()
+            }
+        };
+        let encoding = match encoding {
+            None => Encoding::None,
+            Some(value) if value.eq_ignore_ascii_case("base64") => Encoding::Base64,
+            Some(value) if value.eq_ignore_ascii_case("quoted-printable") => {
+                Encoding::QuotedPrintable
+            }
+            Some(value) if value.contains("=?") => return None,
+            Some(_) => Encoding::None,
+        };
+        Some(MimePart {
+            content_type: media_type,
+            filename: None,
+            is_attachment: false,
+            size: decoded_len(body, encoding),
         })
     }
 
@@ -307,6 +382,41 @@ fn scan_fields(raw: &[u8]) -> Vec<Field> {
         pos = end;
     }
     fields
+}
+
+/// The address of a From/To/Cc value in one of the two plain forms, `local@domain` and
+/// `Display Name <local@domain>`, read without a parser; `None` for anything else (quotes,
+/// comments, groups, several addresses, encoded words, address literals), which
+/// mail-parser then reads.
+fn simple_address(value: &str) -> Option<&str> {
+    if value.bytes().any(|b| {
+        matches!(
+            b,
+            b'"' | b'(' | b')' | b',' | b':' | b';' | b'\\' | b'[' | b']'
+        )
+    }) || value.contains("=?")
+    {
+        return None;
+    }
+    let address = match value.split_once('<') {
+        Some((display, rest)) => {
+            let inner = rest.strip_suffix('>')?;
+            if display.contains(['@', '>']) || inner.contains(['<', '>']) {
+                return None;
+            }
+            inner
+        }
+        None => value,
+    };
+    let (local, domain) = address.split_once('@')?;
+    let plain = |part: &str| {
+        !part.is_empty()
+            && !part.contains('@')
+            && !part
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'<' || b == b'>')
+    };
+    (plain(local) && plain(domain)).then_some(address)
 }
 
 /// The one part of a message without MIME fields: plain text (RFC 2045 5.2).
@@ -579,6 +689,65 @@ JVBERi0x\r\n";
         let full = MessageParser::default().parse(&raw[..]).expect("parses");
         let root = &full.parts[0];
         assert_eq!(mime_part(root, part.size), *part);
+    }
+
+    /// What mail-parser makes of the top-level part and the From field of `raw`.
+    fn parsed(raw: &[u8]) -> (MimePart, Vec<String>) {
+        let full = MessageParser::default().parse(raw).expect("parses");
+        let body = &raw[body_offset(raw)..];
+        let root = &full.parts[0];
+        (
+            mime_part(root, decoded_len(body, transfer_encoding(root))),
+            addresses(full.from()),
+        )
+    }
+
+    #[test]
+    fn the_plain_readings_agree_with_mail_parser() {
+        let cases: &[&str] = &[
+            "From: a@example.test\r\n",
+            "From: Load Generator <loadgen@example.test>\r\nContent-Type: text/plain; charset=us-ascii\r\n",
+            "From: <x@y.example>\r\nContent-Type: TEXT/HTML; charset=\"UTF-8\"\r\nContent-Transfer-Encoding: Quoted-Printable\r\n",
+            "From: \"Quoted, Name\" <q@example.test>\r\nContent-Type: application/pdf; name=\"q.pdf\"\r\n",
+            "From: a@example.test, b@example.test\r\nContent-Type: text/plain (comment)\r\n",
+            "From: =?utf-8?q?J=C3=B6rg?= <j@example.test>\r\nContent-Disposition: attachment; filename=x.txt\r\n",
+            "From: Group: a@example.test;\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n",
+            "From: a@[192.0.2.1]\r\nContent-Type: text/plain;\r\n\tcharset=utf-8\r\n",
+            "From: undisclosed\r\nContent-Type: text/plain; format=flowed\r\nContent-Transfer-Encoding: 8bit\r\n",
+            "From: Name <a@b@c>\r\n",
+            "From: a@example.test (Alice)\r\n",
+        ];
+        for case in cases {
+            let raw = format!("{case}Subject: x\r\n\r\nSGVsbG8gd29ybGQh\r\n=41=\r\n");
+            let message = view(raw.as_bytes());
+            let (part, from) = parsed(raw.as_bytes());
+            assert_eq!(message.parts(), [part], "{case:?}");
+            assert_eq!(message.from(), from, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn the_plain_readings_take_only_the_plain_forms() {
+        assert_eq!(simple_address("a@example.test"), Some("a@example.test"));
+        assert_eq!(
+            simple_address("Alice Example <alice@example.test>"),
+            Some("alice@example.test")
+        );
+        for odd in [
+            "\"a\"@example.test",
+            "a@example.test (c)",
+            "a@b.test, c@d.test",
+            "g: a@b.test;",
+            "a@[192.0.2.1]",
+            "x <a@b.test> y",
+            "<a@b.test",
+            "a b@c.test",
+            "x@y <a@b.test>",
+            "undisclosed",
+            "=?utf-8?q?x?= <a@b.test>",
+        ] {
+            assert_eq!(simple_address(odd), None, "{odd:?}");
+        }
     }
 
     #[test]

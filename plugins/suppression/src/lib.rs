@@ -74,15 +74,15 @@ impl Plugin for Suppression {
         let Some(address) = list::normalize(&input.recipient) else {
             return RcptVerdict::NoOpinion;
         };
-        let shown = list::one_line(&address_as_given(&input.recipient), MAX_ADDRESS_BYTES);
+        let shown = || list::one_line(&address_as_given(&input.recipient), MAX_ADDRESS_BYTES);
         let text = match list::lookup(&address) {
             Lookup::Clear => return RcptVerdict::NoOpinion,
-            Lookup::Suppressed(entry) => refusal_text(&shown, Some(&entry)),
+            Lookup::Suppressed(entry) => refusal_text(&shown(), Some(&entry)),
             Lookup::Unreadable(err) => {
                 plugin_sdk::warn!(
                     "suppression entry for <{address}> is unreadable ({err}); refusing anyway"
                 );
-                refusal_text(&shown, None)
+                refusal_text(&shown(), None)
             }
         };
         plugin_sdk::info!(

@@ -56,13 +56,14 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use check::{check_file, check_plugin, PluginReport};
 pub(crate) use reuse::key as reuse_key;
 pub(crate) use set::PluginSet;
+
 #[allow(unused_imports)] // part of the API for other state/throttle backends and tests
 pub(crate) use state::MemoryStateStore;
 #[allow(unused_imports)] // part of the API for other throttle backends (e.g. Redis)
@@ -269,6 +270,8 @@ pub(crate) struct Policy {
 /// What the [`Policy`] handles and the watcher thread share.
 struct Shared {
     current: RwLock<Arc<PluginSet>>,
+    /// Bumped after every change of `current`.
+    generation: AtomicU64,
     stop: Arc<AtomicBool>,
 }
 
@@ -306,6 +309,7 @@ impl Policy {
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             current: RwLock::new(Arc::new(set)),
+            generation: AtomicU64::new(0),
             stop: Arc::clone(&stop),
         });
         watch::spawn(
@@ -324,6 +328,32 @@ impl Policy {
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
+
+    /// Makes `held` the current plugin set, taking a new snapshot only when the set changed
+    /// since `held` was taken. A session keeps its set this way from one transaction to the
+    /// next: checking is one atomic load, where a snapshot writes to the lock and the set's
+    /// reference count, lines every core serving mail would otherwise pass around.
+    pub fn refresh(&self, held: &mut HeldSet) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if held.set.is_none() || held.generation != generation {
+            held.set = Some(self.snapshot());
+            held.generation = generation;
+        }
+    }
+}
+
+/// A plugin set a session holds between transactions; see [`Policy::refresh`].
+#[derive(Default)]
+pub(crate) struct HeldSet {
+    generation: u64,
+    set: Option<Arc<PluginSet>>,
+}
+
+impl HeldSet {
+    /// The set held, if any.
+    pub fn get(&self) -> Option<&Arc<PluginSet>> {
+        self.set.as_ref()
+    }
 }
 
 impl Shared {
@@ -334,5 +364,6 @@ impl Shared {
             Ok(mut guard) => *guard = set,
             Err(poisoned) => *poisoned.into_inner() = set,
         }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }

@@ -4,9 +4,8 @@
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
@@ -21,8 +20,8 @@ use super::{ChooseVerdict, Hook, PluginInfo, PluginTable, PolicyError, INTERFACE
 /// Calls an instance serves before it is replaced by a fresh one (linear memory never
 /// shrinks, so this bounds what a leaky plugin can hold).
 const RECYCLE_AFTER_CALLS: u32 = 10_000;
-/// Idle instances kept per plugin.
-const MAX_IDLE: usize = 16;
+/// Idle instances kept per plugin and thread shard.
+const MAX_IDLE_PER_SHARD: usize = 4;
 /// The time `describe()` gets at load (a cold instance's first call).
 const DESCRIBE_BUDGET: Duration = Duration::from_millis(200);
 /// Longest fault message logged.
@@ -95,51 +94,78 @@ struct Instance {
     _permit: Permit,
 }
 
-/// A plugin's idle instances, ready for the next call, each with the thread that last ran it.
+/// Shards of per-thread state: each thread keeps to its own, so the two cores of a busy relay
+/// do not pass the same cache lines (a lock word, a counter) back and forth on every call.
+const SHARDS: usize = 8;
+
+/// This thread's shard: threads take shards round robin on first use.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}
+
+/// `T` alone on its cache lines (two, for the adjacent-line prefetcher).
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A plugin's idle instances, ready for the next call, in one shard per thread: a thread takes
+/// back the instance it used last, whose memory is still in its core's caches, without
+/// touching another core's lock. A thread whose shard is empty takes one from another shard.
 pub(super) struct IdlePool {
-    slots: Mutex<Vec<(ThreadId, Instance)>>,
+    shards: [Padded<Mutex<Vec<Instance>>>; SHARDS],
 }
 
 impl IdlePool {
-    fn slots(&self) -> MutexGuard<'_, Vec<(ThreadId, Instance)>> {
-        match self.slots.lock() {
+    fn new() -> IdlePool {
+        IdlePool {
+            shards: Default::default(),
+        }
+    }
+
+    fn shard(&self, index: usize) -> MutexGuard<'_, Vec<Instance>> {
+        match self.shards[index].0.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// The instance this thread used last, if it is idle, else the most recently used one.
-    /// Staying on one thread keeps an instance's memory in that core's caches: a call between
-    /// other work is otherwise dominated by cache misses.
+    /// This thread's most recently used instance, else any idle one.
     fn pop(&self) -> Option<Instance> {
-        let me = std::thread::current().id();
-        let mut slots = self.slots();
-        let at = slots
-            .iter()
-            .rposition(|(thread, _)| *thread == me)
-            .or_else(|| slots.len().checked_sub(1))?;
-        Some(slots.swap_remove(at).1)
+        let mine = shard();
+        (0..SHARDS).find_map(|step| self.shard((mine + step) % SHARDS).pop())
     }
 
     fn push(&self, instance: Instance) {
-        let me = std::thread::current().id();
-        let mut slots = self.slots();
-        if slots.len() < MAX_IDLE {
-            slots.push((me, instance));
+        let mut shard = self.shard(shard());
+        if shard.len() < MAX_IDLE_PER_SHARD {
+            shard.push(instance);
         }
     }
 
     /// Drops one idle instance (outside the lock); false when there is none.
     pub fn evict_one(&self) -> bool {
-        let evicted = self.slots().pop();
+        let evicted = (0..SHARDS).find_map(|index| self.shard(index).pop());
         evicted.is_some()
     }
 
     /// Drops every idle instance.
     pub fn clear(&self) {
-        let evicted = std::mem::take(&mut *self.slots());
-        drop(evicted);
+        for index in 0..SHARDS {
+            let evicted = std::mem::take(&mut *self.shard(index));
+            drop(evicted);
+        }
     }
+}
+
+/// Calls into one plugin and the time they took, by [`hook_index`]; one per shard.
+#[derive(Default)]
+struct CallCounts {
+    calls: [AtomicU64; 4],
+    nanos: [AtomicU64; 4],
 }
 
 /// One plugin file, loaded and checked.
@@ -162,11 +188,10 @@ pub(super) struct LoadedPlugin {
     faults: Mutex<VecDeque<Instant>>,
     quarantined: AtomicBool,
     counts: [AtomicU64; 3],
-    /// Calls that ran the plugin (not skipped by quarantine), by [`hook_index`].
-    calls: [AtomicU64; 4],
-    /// Wall time spent in those calls in nanoseconds (taking an instance, marshalling,
-    /// running the guest and its host calls), by [`hook_index`].
-    call_nanos: [AtomicU64; 4],
+    /// Calls that ran the plugin (not skipped by quarantine), and the wall time spent in them
+    /// in nanoseconds (taking an instance, marshalling, running the guest and its host calls),
+    /// counted per thread shard.
+    call_counts: [Padded<CallCounts>; SHARDS],
     /// `choose_ip` verdicts the plugin allowed to be reused.
     choices: VerdictCache,
     /// `choose_ip` answers given from `choices` instead of a call.
@@ -371,9 +396,7 @@ pub(super) fn load(
         reason: format!("{e:#}"),
         expected: INTERFACE,
     })?;
-    let idle = Arc::new(IdlePool {
-        slots: Mutex::new(Vec::new()),
-    });
+    let idle = Arc::new(IdlePool::new());
     runtime.budget.register(&idle);
     let mut plugin = LoadedPlugin {
         name: candidate.name.to_string(),
@@ -398,8 +421,7 @@ pub(super) fn load(
         faults: Mutex::new(VecDeque::new()),
         quarantined: AtomicBool::new(false),
         counts: Default::default(),
-        calls: Default::default(),
-        call_nanos: Default::default(),
+        call_counts: Default::default(),
         choices: VerdictCache::default(),
         reused_choices: AtomicU64::new(0),
     };
@@ -463,10 +485,16 @@ impl LoadedPlugin {
             .filter(|hook| self.hooks & hook_bit(*hook) != 0)
             .map(|hook| {
                 let index = hook_index(hook);
+                let sum = |field: fn(&CallCounts) -> &[AtomicU64; 4]| -> u64 {
+                    self.call_counts
+                        .iter()
+                        .map(|shard| field(&shard.0)[index].load(Ordering::Relaxed))
+                        .sum()
+                };
                 HookCalls {
                     hook: hook_name(hook),
-                    calls: self.calls[index].load(Ordering::Relaxed),
-                    seconds: self.call_nanos[index].load(Ordering::Relaxed) as f64 / 1e9,
+                    calls: sum(|c| &c.calls),
+                    seconds: sum(|c| &c.nanos) as f64 / 1e9,
                     reused: if hook == Hook::ChooseIp {
                         self.reused_choices.load(Ordering::Relaxed)
                     } else {
@@ -501,11 +529,12 @@ impl LoadedPlugin {
             return Outcome::Skipped;
         }
         let index = hook_index(hook);
-        self.calls[index].fetch_add(1, Ordering::Relaxed);
+        let counts = &self.call_counts[shard()].0;
+        counts.calls[index].fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = self.run(self.runtime.call_ticks(), f);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.call_nanos[index].fetch_add(nanos, Ordering::Relaxed);
+        counts.nanos[index].fetch_add(nanos, Ordering::Relaxed);
         match result {
             Ok(verdict) => Outcome::Done(verdict),
             Err(Failure::Fault(fault)) => {

@@ -22,7 +22,9 @@ use crate::config::{HygieneConfig, Listener, ListenerTls};
 use crate::hooks;
 use crate::hygiene;
 use crate::inspect::MessageView;
-use crate::policy::{DataAction, DataInput, Hook, PluginSet, Policy, RcptInput, RcptVerdict};
+use crate::policy::{
+    DataAction, DataInput, HeldSet, Hook, PluginSet, Policy, RcptInput, RcptVerdict,
+};
 use crate::spool::scheduler::Notifier;
 use crate::spool::{MessageId, NewMessage, Spool, SpoolError};
 
@@ -321,7 +323,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound, sett
     let mut handler = RelayHandler {
         inbound,
         peer: peer.ip(),
-        plugins: None,
+        plugins: HeldSet::default(),
         accepted: 0,
     };
     let result = match (settings.tls, tls) {
@@ -347,16 +349,16 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound, sett
 struct RelayHandler<'a> {
     inbound: &'a Inbound,
     peer: IpAddr,
-    /// The plugin set of the current transaction, taken at MAIL FROM: a hot reload never
-    /// changes the plugins a transaction started with.
-    plugins: Option<Arc<PluginSet>>,
+    /// The plugin set of the current transaction, refreshed at MAIL FROM (and only then): a
+    /// hot reload never changes the plugins a transaction started with.
+    plugins: HeldSet,
     /// Recipients accepted in the current transaction.
     accepted: u32,
 }
 
 impl RelayHandler<'_> {
     fn plugins_for(&self, hook: Hook) -> Option<&Arc<PluginSet>> {
-        self.plugins.as_ref().filter(|set| set.implements(hook))
+        self.plugins.get().filter(|set| set.implements(hook))
     }
 }
 
@@ -425,7 +427,9 @@ impl Handler for RelayHandler<'_> {
                 "Insufficient system storage, try again later",
             ));
         }
-        self.plugins = self.inbound.policy.as_ref().map(Policy::snapshot);
+        if let Some(policy) = &self.inbound.policy {
+            policy.refresh(&mut self.plugins);
+        }
         self.accepted = 0;
         Resolution::Accept
     }
@@ -476,7 +480,7 @@ impl Handler for RelayHandler<'_> {
     }
 
     async fn message(&mut self, mut message: IncomingMessage, peer: SocketAddr) -> Resolution {
-        let plugins = self.plugins.take();
+        let plugins = self.plugins.get();
         if message.bounce {
             // Parsed for on_bounce and dropped, never queued; 250 whatever it is, so a
             // bounce address never causes backscatter. on_data does not run.
@@ -485,14 +489,14 @@ impl Handler for RelayHandler<'_> {
                     &message.body,
                     to,
                     &peer.ip().to_string(),
-                    plugins.as_deref(),
+                    plugins.map(|set| &**set),
                 );
             }
             return Resolution::Accept;
         }
         let mut added_headers = String::new();
         let mut tags: Vec<(String, String)> = Vec::new();
-        if let Some(plugins) = plugins.as_ref().filter(|set| set.implements(Hook::OnData)) {
+        if let Some(plugins) = plugins.filter(|set| set.implements(Hook::OnData)) {
             let input = DataInput {
                 session: hooks::session(
                     peer.ip(),
