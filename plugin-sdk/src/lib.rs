@@ -77,8 +77,8 @@ pub mod types {
     pub use crate::bindings::relay::policy::host::{Level, ThrottleResult};
     pub use crate::bindings::relay::policy::types::{
         BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction,
-        DataVerdict, FailureKind, Header, IpChoice, MailFrom, MimePart, Pool, PoolMember,
-        RcptInput, RcptVerdict, Session, SmtpReply, Source, Tag,
+        DataVerdict, FailureKind, Header, IpChoice, MailFlags, MailFrom, MimePart, Pool,
+        PoolMember, RcptInput, RcptVerdict, Session, SmtpReply, Source, Tag,
     };
     pub use crate::message::{DataInput, Message, MessageInfo};
 }

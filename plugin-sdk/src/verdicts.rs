@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::types::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataVerdict,
-    Header, IpChoice, MailFrom, RcptVerdict, SmtpReply, Tag,
+    Header, IpChoice, MailFlags, MailFrom, RcptVerdict, SmtpReply, Tag,
 };
 
 /// The value of the last tag named `key` (a later value for the same key wins).
@@ -294,13 +294,14 @@ impl BounceVerdict {
 }
 
 impl MailFrom {
-    /// The value of ESMTP parameter `name` (case-insensitive); `Some("")` for a flag such
-    /// as `SMTPUTF8`.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+    /// True for `BODY=8BITMIME`.
+    pub fn is_8bitmime(&self) -> bool {
+        self.flags.contains(MailFlags::EIGHT_BIT_MIME)
+    }
+
+    /// True for `SMTPUTF8`.
+    pub fn is_smtputf8(&self) -> bool {
+        self.flags.contains(MailFlags::SMTPUTF8)
     }
 }
 
@@ -404,14 +405,11 @@ mod tests {
     fn lookups_are_case_insensitive_and_last_tag_wins() {
         let from = MailFrom {
             address: "a@x.test".into(),
-            params: vec![
-                ("SIZE".into(), "12".into()),
-                ("SMTPUTF8".into(), String::new()),
-            ],
+            size: Some(12),
+            flags: MailFlags::SMTPUTF8,
         };
-        assert_eq!(from.param("size"), Some("12"));
-        assert_eq!(from.param("SMTPUTF8"), Some(""));
-        assert_eq!(from.param("BODY"), None);
+        assert!(from.is_smtputf8());
+        assert!(!from.is_8bitmime());
         let tags = [Tag::new("k", "1"), Tag::new("k", "2")];
         assert_eq!(find_tag(&tags, "k"), Some("2"));
         assert_eq!(find_tag(&tags, "K"), None);

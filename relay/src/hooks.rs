@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::policy::{MailFrom, Session, SmtpReply, Tag};
+use crate::policy::{MailFlags, MailFrom, Session, SmtpReply, Tag};
 use crate::smtp::{Body, EnhancedCode, MailParams, Reply, ReversePath};
 
 /// Longest reply text taken from a plugin.
@@ -21,21 +21,19 @@ pub(crate) fn session(peer: IpAddr, helo: &str, tls: bool, auth_user: Option<&st
 
 /// MAIL FROM and its parameters as plugins see them.
 pub(crate) fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
-    let mut list = Vec::new();
-    if let Some(size) = params.size {
-        list.push(("SIZE".to_string(), size.to_string()));
-    }
+    let mut flags = MailFlags::empty();
     match params.body {
-        Some(Body::SevenBit) => list.push(("BODY".to_string(), "7BIT".to_string())),
-        Some(Body::EightBitMime) => list.push(("BODY".to_string(), "8BITMIME".to_string())),
+        Some(Body::SevenBit) => flags |= MailFlags::SEVEN_BIT,
+        Some(Body::EightBitMime) => flags |= MailFlags::EIGHT_BIT_MIME,
         None => {}
     }
     if params.smtputf8 {
-        list.push(("SMTPUTF8".to_string(), String::new()));
+        flags |= MailFlags::SMTPUTF8;
     }
     MailFrom {
         address: from.to_string(),
-        params: list,
+        size: params.size,
+        flags,
     }
 }
 

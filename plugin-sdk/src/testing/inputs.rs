@@ -1,8 +1,8 @@
 //! Builders for hook inputs with sensible defaults, so plugin tests stay short.
 
 use crate::types::{
-    BounceInput, ChooseInput, DataInput, FailureKind, Header, MailFrom, Message, MessageInfo,
-    MimePart, Pool, PoolMember, RcptInput, Session, SmtpReply, Source, Tag,
+    BounceInput, ChooseInput, DataInput, FailureKind, Header, MailFlags, MailFrom, Message,
+    MessageInfo, MimePart, Pool, PoolMember, RcptInput, Session, SmtpReply, Source, Tag,
 };
 
 /// The default test message id used by [`choose`] and [`bounce`].
@@ -23,7 +23,8 @@ pub fn session() -> Session {
 fn mail_from(address: &str) -> MailFrom {
     MailFrom {
         address: address.to_owned(),
-        params: Vec::new(),
+        size: None,
+        flags: MailFlags::empty(),
     }
 }
 
@@ -65,11 +66,15 @@ impl RcptInput {
         self
     }
 
-    /// Adds an ESMTP parameter to MAIL FROM, e.g. `("SIZE", "1234")`.
-    pub fn with_param(mut self, name: &str, value: &str) -> Self {
-        self.mail_from
-            .params
-            .push((name.to_ascii_uppercase(), value.to_owned()));
+    /// Sets MAIL FROM's `SIZE=`.
+    pub fn with_size(mut self, size: u64) -> Self {
+        self.mail_from.size = Some(size);
+        self
+    }
+
+    /// Adds MAIL FROM flags, e.g. `MailFlags::EIGHT_BIT_MIME | MailFlags::SMTPUTF8`.
+    pub fn with_mail_flags(mut self, flags: MailFlags) -> Self {
+        self.mail_from.flags |= flags;
         self
     }
 
@@ -403,14 +408,16 @@ mod tests {
         let input = rcpt("a@x.test", "b@y.test")
             .with_auth_user("alice")
             .with_client_ip("198.51.100.7")
-            .with_param("size", "10")
+            .with_size(10)
+            .with_mail_flags(MailFlags::EIGHT_BIT_MIME)
             .with_tls()
             .with_accepted_so_far(2);
         assert_eq!(input.mail_from.address, "a@x.test");
         assert_eq!(input.session.auth_user.as_deref(), Some("alice"));
         assert_eq!(input.session.client_ip, "198.51.100.7");
         assert!(input.session.tls);
-        assert_eq!(input.mail_from.param("SIZE"), Some("10"));
+        assert_eq!(input.mail_from.size, Some(10));
+        assert!(input.mail_from.is_8bitmime());
         assert_eq!(input.accepted_so_far, 2);
     }
 

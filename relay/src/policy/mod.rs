@@ -74,8 +74,8 @@ pub(crate) use bindings::exports::relay::policy::hooks::{Hook, PluginInfo};
 #[allow(unused_imports)]
 pub(crate) use bindings::relay::policy::types::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
-    DataVerdict, FailureKind, Header, IpChoice, MailFrom, MimePart, Pool, PoolMember, RcptInput,
-    RcptVerdict, Session, SmtpReply, Source, Tag,
+    DataVerdict, FailureKind, Header, IpChoice, MailFlags, MailFrom, MimePart, Pool, PoolMember,
+    RcptInput, RcptVerdict, Session, SmtpReply, Source, Tag,
 };
 
 /// The interface version this relay binds (the WIT package of `plugin-sdk/wit`).

@@ -237,7 +237,8 @@ fn rcpt(to: &str) -> RcptInput {
         session: session(),
         mail_from: MailFrom {
             address: "sender@example.test".to_string(),
-            params: vec![("SIZE".to_string(), "100".to_string())],
+            size: Some(100),
+            flags: MailFlags::empty(),
         },
         recipient: to.to_string(),
         accepted_so_far: 0,
@@ -249,7 +250,8 @@ fn data(from: &str) -> DataInput {
         session: session(),
         mail_from: MailFrom {
             address: from.to_string(),
-            params: Vec::new(),
+            size: None,
+            flags: MailFlags::empty(),
         },
         recipients: vec!["rcpt@example.net".to_string()],
         tags: Vec::new(),
@@ -1105,7 +1107,8 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     let rcpt_input = RcptInput {
         mail_from: MailFrom {
             address: "loadgen@example.test".to_string(),
-            params: vec![("SIZE".to_string(), raw.len().to_string())],
+            size: Some(raw.len() as u64),
+            flags: MailFlags::empty(),
         },
         ..rcpt("rcpt@example.net")
     };
