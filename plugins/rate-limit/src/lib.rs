@@ -48,12 +48,11 @@ impl Plugin for RateLimit {
         if input.accepted_so_far > 0 {
             return RcptVerdict::NoOpinion;
         }
+        // One buffer holds each limiter key in turn: this runs for every message.
+        let mut key = String::with_capacity(96);
         for check in checks(self.limits(), input) {
-            let result = host::throttle(
-                &check.key(),
-                check.rate.count(),
-                check.rate.window().as_ms(),
-            );
+            check.write_key(&mut key);
+            let result = host::throttle(&key, check.rate.count(), check.rate.window().as_ms());
             if !result.allowed {
                 let text = check.refusal(result.retry_after_ms);
                 plugin_sdk::info!(
@@ -108,9 +107,13 @@ struct Check {
 }
 
 impl Check {
-    /// The shared limiter key.
-    fn key(&self) -> String {
-        format!("rate-limit:{}:{}", self.scope.key_part(), self.subject)
+    /// The shared limiter key, written into `key` (cleared first).
+    fn write_key(&self, key: &mut String) {
+        key.clear();
+        key.push_str("rate-limit:");
+        key.push_str(self.scope.key_part());
+        key.push(':');
+        key.push_str(&self.subject);
     }
 
     /// The reply text when the limit is exceeded.
