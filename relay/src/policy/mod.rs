@@ -47,6 +47,7 @@ mod plugin;
 mod reuse;
 mod runtime;
 mod set;
+mod shard;
 mod state;
 mod throttle;
 mod watch;

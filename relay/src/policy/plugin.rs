@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use super::bindings::{self, PluginPre};
 use super::host::{one_line, HostState, PluginContext};
 use super::reuse::VerdictCache;
 use super::runtime::{Permit, Runtime};
+use super::shard::{self, Padded, SHARDS};
 use super::{ChooseVerdict, Hook, PluginInfo, PluginTable, PolicyError, INTERFACE};
 
 /// Calls an instance serves before it is replaced by a fresh one (linear memory never
@@ -94,24 +95,6 @@ struct Instance {
     _permit: Permit,
 }
 
-/// Shards of per-thread state: each thread keeps to its own, so the two cores of a busy relay
-/// do not pass the same cache lines (a lock word, a counter) back and forth on every call.
-const SHARDS: usize = 8;
-
-/// This thread's shard: threads take shards round robin on first use.
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|shard| *shard)
-}
-
-/// `T` alone on its cache lines (two, for the adjacent-line prefetcher).
-#[derive(Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
 /// A plugin's idle instances, ready for the next call, in one shard per thread: a thread takes
 /// back the instance it used last, whose memory is still in its core's caches, without
 /// touching another core's lock. A thread whose shard is empty takes one from another shard.
@@ -135,12 +118,12 @@ impl IdlePool {
 
     /// This thread's most recently used instance, else any idle one.
     fn pop(&self) -> Option<Instance> {
-        let mine = shard();
+        let mine = shard::current();
         (0..SHARDS).find_map(|step| self.shard((mine + step) % SHARDS).pop())
     }
 
     fn push(&self, instance: Instance) {
-        let mut shard = self.shard(shard());
+        let mut shard = self.shard(shard::current());
         if shard.len() < MAX_IDLE_PER_SHARD {
             shard.push(instance);
         }
@@ -194,8 +177,6 @@ pub(super) struct LoadedPlugin {
     call_counts: [Padded<CallCounts>; SHARDS],
     /// `choose_ip` verdicts the plugin allowed to be reused.
     choices: VerdictCache,
-    /// `choose_ip` answers given from `choices` instead of a call.
-    reused_choices: AtomicU64,
 }
 
 /// One hook's calls into one plugin, for metrics.
@@ -423,7 +404,6 @@ pub(super) fn load(
         counts: Default::default(),
         call_counts: Default::default(),
         choices: VerdictCache::default(),
-        reused_choices: AtomicU64::new(0),
     };
     let info = plugin
         .run(runtime.ticks_for(DESCRIBE_BUDGET), |p, store| {
@@ -496,7 +476,7 @@ impl LoadedPlugin {
                     calls: sum(|c| &c.calls),
                     seconds: sum(|c| &c.nanos) as f64 / 1e9,
                     reused: if hook == Hook::ChooseIp {
-                        self.reused_choices.load(Ordering::Relaxed)
+                        self.choices.reused()
                     } else {
                         0
                     },
@@ -508,9 +488,7 @@ impl LoadedPlugin {
     /// A `choose_ip` verdict this plugin gave earlier for the same `key` (see
     /// [`super::reuse::key`]) and allowed to be reused until after `now`.
     pub fn reused_choice(&self, key: &str, now: Instant) -> Option<ChooseVerdict> {
-        let verdict = self.choices.get(key, now)?;
-        self.reused_choices.fetch_add(1, Ordering::Relaxed);
-        Some(verdict)
+        self.choices.get(key, now)
     }
 
     /// Keeps a `choose_ip` verdict for `key` if the plugin allowed reuse.
@@ -529,7 +507,7 @@ impl LoadedPlugin {
             return Outcome::Skipped;
         }
         let index = hook_index(hook);
-        let counts = &self.call_counts[shard()].0;
+        let counts = &self.call_counts[shard::current()].0;
         counts.calls[index].fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = self.run(self.runtime.call_ticks(), f);
