@@ -177,6 +177,8 @@ pub(super) struct LoadedPlugin {
     call_counts: [Padded<CallCounts>; SHARDS],
     /// `choose_ip` verdicts the plugin allowed to be reused.
     choices: VerdictCache,
+    /// `choose_ip` answers given from `choices` instead of a call.
+    reused_choices: AtomicU64,
 }
 
 /// One hook's calls into one plugin, for metrics.
@@ -404,6 +406,7 @@ pub(super) fn load(
         counts: Default::default(),
         call_counts: Default::default(),
         choices: VerdictCache::default(),
+        reused_choices: AtomicU64::new(0),
     };
     let info = plugin
         .run(runtime.ticks_for(DESCRIBE_BUDGET), |p, store| {
@@ -476,7 +479,7 @@ impl LoadedPlugin {
                     calls: sum(|c| &c.calls),
                     seconds: sum(|c| &c.nanos) as f64 / 1e9,
                     reused: if hook == Hook::ChooseIp {
-                        self.choices.reused()
+                        self.reused_choices.load(Ordering::Relaxed)
                     } else {
                         0
                     },
@@ -488,7 +491,9 @@ impl LoadedPlugin {
     /// A `choose_ip` verdict this plugin gave earlier for the same `key` (see
     /// [`super::reuse::key`]) and allowed to be reused until after `now`.
     pub fn reused_choice(&self, key: &str, now: Instant) -> Option<ChooseVerdict> {
-        self.choices.get(key, now)
+        let verdict = self.choices.get(key, now)?;
+        self.reused_choices.fetch_add(1, Ordering::Relaxed);
+        Some(verdict)
     }
 
     /// Keeps a `choose_ip` verdict for `key` if the plugin allowed reuse.

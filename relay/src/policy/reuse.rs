@@ -6,17 +6,14 @@
 //! forgets every verdict of the old version.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::shard::{self, Padded, SHARDS};
 use super::ChooseVerdict;
 
 /// The longest a verdict is kept, whatever the plugin asked.
 pub(super) const MAX_REUSE: Duration = Duration::from_secs(3600);
-/// Verdicts kept per plugin and shard; when full, expired ones go, and if none had expired,
-/// all of them.
+/// Verdicts kept per plugin; when full, expired ones go, and if none had expired, all of them.
 const MAX_ENTRIES: usize = 4096;
 
 /// The inputs a reusable verdict may depend on, as one string: sender domain, destination
@@ -60,46 +57,25 @@ pub(crate) fn key_of(input: &super::ChooseInput) -> String {
     )
 }
 
-/// One plugin's reusable verdicts, kept per thread shard (a verdict is asked for at most once
-/// per shard and key), with the count of answers given from them.
+/// One plugin's reusable verdicts.
 #[derive(Default)]
 pub(super) struct VerdictCache {
-    shards: [Padded<Shard>; SHARDS],
-}
-
-#[derive(Default)]
-struct Shard {
     entries: Mutex<HashMap<String, (ChooseVerdict, Instant)>>,
-    reused: AtomicU64,
 }
 
 impl VerdictCache {
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ChooseVerdict, Instant)>> {
-        match self.shards[shard::current()].0.entries.lock() {
+        match self.entries.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
-    }
-
-    /// Answers given from kept verdicts so far.
-    pub fn reused(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.reused.load(Ordering::Relaxed))
-            .sum()
     }
 
     /// The verdict kept for `key`, if it has not expired at `now`.
     pub fn get(&self, key: &str, now: Instant) -> Option<ChooseVerdict> {
         let mut entries = self.entries();
         match entries.get(key) {
-            Some((verdict, expires)) if *expires > now => {
-                self.shards[shard::current()]
-                    .0
-                    .reused
-                    .fetch_add(1, Ordering::Relaxed);
-                Some(verdict.clone())
-            }
+            Some((verdict, expires)) if *expires > now => Some(verdict.clone()),
             Some(_) => {
                 entries.remove(key);
                 None
@@ -125,7 +101,7 @@ impl VerdictCache {
         entries.insert(key, (verdict.clone(), now + ttl));
     }
 
-    /// Verdicts kept now by this thread's shard (expired ones included until they are met).
+    /// Verdicts kept now (expired ones included until they are met).
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries().len()
