@@ -4,6 +4,7 @@
 use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 
 use crate::config::{FromPolicy, HygieneConfig};
+use crate::inspect;
 use crate::smtp::{rfc5322_date, EnhancedCode, Reply, ReversePath};
 
 /// What the header section says about the fields hygiene cares for.
@@ -35,42 +36,21 @@ pub(crate) enum FromField {
 /// at, with one parse of the From field: this runs for every message.
 pub(crate) fn header_facts(message: &[u8]) -> HeaderFacts {
     let mut from_fields = 0;
-    let mut from: Option<(usize, usize)> = None;
-    let mut in_from = false;
+    let mut from = None;
     let mut has_date = false;
     let mut has_message_id = false;
-    let mut pos = 0;
-    while pos < message.len() {
-        let end = memchr::memchr(b'\n', &message[pos..]).map_or(message.len(), |lf| pos + lf + 1);
-        let line = &message[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            break;
+    for field in inspect::header_fields(message) {
+        let name = &message[field.name.clone()];
+        if name.eq_ignore_ascii_case(b"from") {
+            from_fields += 1;
+            from = Some(field.name.start..field.value.end);
         }
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            // A folded continuation of the field before.
-            if in_from {
-                if let Some(field) = &mut from {
-                    field.1 = end;
-                }
-            }
-        } else {
-            let name = line
-                .iter()
-                .position(|&b| b == b':')
-                .map(|colon| line[..colon].trim_ascii_end());
-            in_from = name.is_some_and(|n| n.eq_ignore_ascii_case(b"from"));
-            if in_from {
-                from_fields += 1;
-                from = Some((pos, end));
-            }
-            has_date |= name.is_some_and(|n| n.eq_ignore_ascii_case(b"date"));
-            has_message_id |= name.is_some_and(|n| n.eq_ignore_ascii_case(b"message-id"));
-        }
-        pos = end;
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        has_message_id |= name.eq_ignore_ascii_case(b"message-id");
     }
     let from = match (from_fields, from) {
         (0, _) | (_, None) => FromField::Missing,
-        (1, Some((start, end))) => from_field(&message[start..end]),
+        (1, Some(field)) => from_field(&message[field]),
         _ => FromField::Malformed("more than one From field"),
     };
     HeaderFacts {

@@ -34,11 +34,11 @@ const TEXT_FIELDS: [&str; 5] = [
 
 /// One top-level header field: where its name and value are in the message.
 #[derive(Debug, Clone)]
-struct Field {
+pub(crate) struct Field {
     /// The name, without the colon and trailing white space.
-    name: Range<usize>,
+    pub name: Range<usize>,
     /// The value as written: after the colon up to the end of its last (folded) line.
-    value: Range<usize>,
+    pub value: Range<usize>,
 }
 
 /// A received message, and what plugins have asked of it so far.
@@ -79,7 +79,8 @@ impl MessageView {
     }
 
     fn fields(&self) -> &[Field] {
-        self.fields.get_or_init(|| scan_fields(&self.raw))
+        self.fields
+            .get_or_init(|| header_fields(&self.raw).collect())
     }
 
     fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
@@ -171,7 +172,7 @@ impl MessageView {
     fn addresses(&self, name: &str, header: HeaderName<'static>) -> Vec<String> {
         let mut fields = self.named(name);
         if let (Some(only), None) = (fields.next(), fields.next()) {
-            let value = unfold(&String::from_utf8_lossy(&self.raw[only.value.clone()]));
+            let value = self.value_of(only);
             if let Some(address) = simple_address(&value) {
                 return vec![address.to_string()];
             }
@@ -223,7 +224,7 @@ impl MessageView {
                     .iter()
                     .filter(|f| {
                         let name = &self.raw[f.name.clone()];
-                        name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
+                        is_mime_field(name)
                     })
                     .collect();
                 let single = self.parse_fields(&mime, |m| {
@@ -281,7 +282,7 @@ impl MessageView {
                 &mut content_type
             } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
                 &mut encoding
-            } else if name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-") {
+            } else if is_mime_field(name) {
                 // Content-Disposition, Content-ID, ...: mail-parser's reading decides.
                 if name.eq_ignore_ascii_case(b"content-disposition") {
                     return None;
@@ -346,42 +347,46 @@ impl MessageView {
     }
 }
 
-/// The top-level header fields of `raw`: a line that starts with a name and a colon starts a
-/// field, a line that starts with white space continues it (RFC 5322 2.2.3), and the first
-/// empty line ends the section. Lines that are neither (no colon) are skipped, as mail-parser
-/// skips them.
-fn scan_fields(raw: &[u8]) -> Vec<Field> {
-    let mut fields: Vec<Field> = Vec::new();
-    let mut continues = false;
+/// The top-level header fields of `raw`, in order: a line that starts with a name and a colon
+/// starts a field, a line that starts with white space continues it (RFC 5322 2.2.3), and the
+/// first empty line ends the section. Lines that are neither (no colon) are skipped, as
+/// mail-parser skips them, and so are the continuation lines after them.
+///
+/// It allocates nothing: [`crate::hygiene`] walks it for every message, and a [`MessageView`]
+/// keeps it when a plugin asks for a header field.
+pub(crate) fn header_fields(raw: &[u8]) -> impl Iterator<Item = Field> + '_ {
     let mut pos = 0;
-    while pos < raw.len() {
-        let end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |lf| pos + lf + 1);
+    // The field being read, returned once the next line shows it has no more continuations.
+    let mut open: Option<Field> = None;
+    std::iter::from_fn(move || loop {
+        let Some(rest) = raw.get(pos..).filter(|rest| !rest.is_empty()) else {
+            return open.take();
+        };
+        let end = memchr::memchr(b'\n', rest).map_or(raw.len(), |lf| pos + lf + 1);
         let line = &raw[pos..end];
         if line == b"\r\n" || line == b"\n" {
-            break;
+            pos = raw.len();
+            return open.take();
         }
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            if continues {
-                if let Some(field) = fields.last_mut() {
-                    field.value.end = end;
-                }
-            }
-        } else {
-            continues = false;
-            if let Some(colon) = memchr::memchr(b':', line) {
-                let name = line[..colon].trim_ascii_end();
-                if !name.is_empty() && !name.iter().any(|b| b.is_ascii_whitespace()) {
-                    fields.push(Field {
-                        name: pos..pos + name.len(),
-                        value: pos + colon + 1..end,
-                    });
-                    continues = true;
-                }
-            }
-        }
+        let start = pos;
         pos = end;
-    }
-    fields
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(field) = open.as_mut() {
+                field.value.end = end;
+            }
+            continue;
+        }
+        let next = memchr::memchr(b':', line).and_then(|colon| {
+            let name = line[..colon].trim_ascii_end();
+            (!name.is_empty() && !name.iter().any(|b| b.is_ascii_whitespace())).then(|| Field {
+                name: start..start + name.len(),
+                value: start + colon + 1..end,
+            })
+        });
+        if let Some(done) = std::mem::replace(&mut open, next) {
+            return Some(done);
+        }
+    })
 }
 
 /// The address of a From/To/Cc value in one of the two plain forms, `local@domain` and
@@ -417,6 +422,11 @@ fn simple_address(value: &str) -> Option<&str> {
                 .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'<' || b == b'>')
     };
     (plain(local) && plain(domain)).then_some(address)
+}
+
+/// True for a MIME field of a part: `Content-*` (RFC 2045 9).
+fn is_mime_field(name: &[u8]) -> bool {
+    name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
 }
 
 /// The one part of a message without MIME fields: plain text (RFC 2045 5.2).
@@ -636,6 +646,24 @@ TVqQAAMAAAAEAAAA\r\n\
         assert_eq!(message.subject(), None);
         assert!(message.from().is_empty());
         assert_eq!(message.message_id(), None);
+    }
+
+    #[test]
+    fn fields_end_at_the_empty_line_or_the_end_of_the_input() {
+        let raw = b"A: 1\r\n 2\r\nno colon\r\n lost\r\nB:3\r\n\tfolded";
+        let fields: Vec<(&[u8], &[u8])> = header_fields(raw)
+            .map(|f| (&raw[f.name], &raw[f.value]))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"A"[..], &b" 1\r\n 2\r\n"[..]),
+                (&b"B"[..], &b"3\r\n\tfolded"[..])
+            ],
+            "a continuation after a line that is no field belongs to nothing"
+        );
+        assert_eq!(header_fields(b"\r\nA: body\r\n").count(), 0);
+        assert_eq!(header_fields(b"").count(), 0);
     }
 
     #[test]
