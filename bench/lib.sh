@@ -162,7 +162,7 @@ EOF
         sed -e "s|@PLUGIN_DIR@|$dir/plugins|" -e "s|@CACHE_DIR@|${PLUGIN_CACHE:-$dir/plugin-cache}|" \
             "$extra" >>"$dir/relay.toml"
         mkdir -p "$dir/plugins"
-        local wasm_dir=$CARGO_TARGET_DIR/wasm32-wasip2/release p
+        local wasm_dir=${WASM_DIR:-$CARGO_TARGET_DIR/wasm32-wasip2/release} p
         for p in ${PLUGINS-rate-limit ip-pools suppression content-policy}; do
             cp "$wasm_dir/${p//-/_}.wasm" "$dir/plugins/$p.wasm"
         done

@@ -2,9 +2,10 @@
 
 pub use wit_bindgen;
 
+use crate::bindings::relay::policy::types as wit;
 use crate::types::{
     BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataInput, DataVerdict, Message,
-    PluginInfo, RcptInput, RcptVerdict,
+    PluginInfo, RcptInput, RcptVerdict, Transaction,
 };
 use crate::{Exported, Plugin};
 
@@ -66,21 +67,31 @@ pub fn describe<P: Exported>() -> PluginInfo {
     P::describe()
 }
 
-/// Routes `on-rcpt` to the trait.
-pub fn on_rcpt<P: Plugin>(plugin: &P, input: &RcptInput) -> RcptVerdict {
-    plugin.on_rcpt(input)
+/// Routes `on-rcpt` to the trait, with the relay's transaction handle as
+/// [`crate::types::Transaction`].
+pub fn on_rcpt<P: Plugin>(
+    plugin: &P,
+    input: wit::RcptInput,
+    transaction: &wit::Transaction,
+) -> RcptVerdict {
+    let input = RcptInput {
+        recipient: input.recipient,
+        accepted_so_far: input.accepted_so_far,
+        transaction: Transaction::from_host(transaction),
+    };
+    plugin.on_rcpt(&input)
 }
 
-/// Routes `on-data` to the trait, with the relay's message handle as [`crate::types::Message`].
+/// Routes `on-data` to the trait, with the relay's handles as [`crate::types::Transaction`]
+/// and [`crate::types::Message`].
 pub fn on_data<P: Plugin>(
     plugin: &P,
-    input: crate::bindings::relay::policy::types::DataInput,
-    message: &crate::bindings::relay::policy::types::Message,
+    input: wit::DataInput,
+    transaction: &wit::Transaction,
+    message: &wit::Message,
 ) -> DataVerdict {
     let input = DataInput {
-        session: input.session,
-        mail_from: input.mail_from,
-        recipients: input.recipients,
+        transaction: Transaction::from_host(transaction),
         message: Message::from_host(message),
         tags: input.tags,
     };

@@ -3,7 +3,7 @@
 //! test host ([`testing`]).
 //!
 //! A plugin is a Rust crate built for `wasm32-wasip2` into a WebAssembly component that
-//! implements the `relay:policy@0.3.0` world (`wit/relay-policy.wit`, the single source of
+//! implements the `relay:policy@0.4.0` world (`wit/relay-policy.wit`, the single source of
 //! truth). Write a type that implements [`Plugin`], override the hooks you need and export it:
 //!
 //! ```
@@ -40,6 +40,7 @@ pub mod config;
 pub mod host;
 mod message;
 mod plugin;
+mod transaction;
 mod verdicts;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -65,22 +66,24 @@ pub mod bindings {
     });
 }
 
-/// The types of `relay:policy@0.3.0`: hook inputs, verdicts and what they are made of.
+/// The types of `relay:policy@0.4.0`: hook inputs, verdicts and what they are made of.
 ///
 /// Field names follow the WIT file with `-` turned into `_` (`client-ip` is `client_ip`,
 /// `from` is `from`). The verdicts have small constructors (`RcptVerdict::reject(..)`,
-/// `DataVerdict::accept()`, ...) and [`Default`] means "no opinion". `on_data`'s
-/// [`DataInput`](types::DataInput) and its [`Message`](types::Message) are the SDK's own: the
-/// message is read from the relay on demand.
+/// `DataVerdict::accept()`, ...) and [`Default`] means "no opinion". The hook inputs
+/// [`RcptInput`](types::RcptInput) and [`DataInput`](types::DataInput), their
+/// [`Transaction`](types::Transaction) and `on_data`'s [`Message`](types::Message) are the
+/// SDK's own: the transaction and the message are read from the relay on demand.
 pub mod types {
     pub use crate::bindings::exports::relay::policy::hooks::{Hook, PluginInfo};
     pub use crate::bindings::relay::policy::host::{Level, ThrottleResult};
     pub use crate::bindings::relay::policy::types::{
         BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction,
         DataVerdict, FailureKind, Header, IpChoice, MailFlags, MailFrom, MimePart, Pool,
-        PoolMember, RcptInput, RcptVerdict, Session, SmtpReply, Source, Tag,
+        PoolMember, RcptVerdict, Session, SmtpReply, Source, Tag,
     };
     pub use crate::message::{DataInput, Message, MessageInfo};
+    pub use crate::transaction::{RcptInput, Transaction, TransactionInfo};
 }
 
 /// Everything a plugin usually needs: `use plugin_sdk::prelude::*;`.

@@ -10,18 +10,14 @@
 use std::cell::OnceCell;
 
 use crate::bindings::relay::policy::types::Message as HostMessage;
-use crate::types::{Header, MailFrom, MimePart, Session, Tag};
+use crate::types::{Header, MailFrom, MimePart, Session, Tag, Transaction};
 
 /// The input of [`crate::Plugin::on_data`]: the transaction after the end of `DATA`, before
 /// the relay replies.
 #[derive(Debug)]
 pub struct DataInput<'a> {
-    /// The SMTP session the message arrived on.
-    pub session: Session,
-    /// MAIL FROM and its parameters.
-    pub mail_from: MailFrom,
-    /// The accepted recipients.
-    pub recipients: Vec<String>,
+    /// The session, MAIL FROM and the accepted recipients, read on demand.
+    pub transaction: Transaction<'a>,
     /// The message, read on demand.
     pub message: Message<'a>,
     /// Tags set by plugins that ran earlier for this message.
@@ -32,6 +28,22 @@ impl DataInput<'_> {
     /// The value of the tag `key` set by plugins that ran earlier (the last value wins).
     pub fn tag(&self, key: &str) -> Option<&str> {
         crate::verdicts::find_tag(&self.tags, key)
+    }
+
+    /// The SMTP session the message arrived on (a host call the first time: see
+    /// [`Transaction`]).
+    pub fn session(&self) -> &Session {
+        self.transaction.session()
+    }
+
+    /// MAIL FROM and its parameters (a host call the first time: see [`Transaction`]).
+    pub fn mail_from(&self) -> &MailFrom {
+        self.transaction.mail_from()
+    }
+
+    /// The accepted recipients (a host call the first time: see [`Transaction`]).
+    pub fn recipients(&self) -> &[String] {
+        self.transaction.recipients()
     }
 }
 

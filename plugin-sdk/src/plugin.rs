@@ -24,15 +24,18 @@ pub trait Plugin: Default + 'static {
     /// The plugin's version, reported by `describe()`.
     const VERSION: &'static str = "0.1.0";
 
-    /// Called for each `RCPT TO`, before the relay replies to it.
-    fn on_rcpt(&self, input: &RcptInput) -> RcptVerdict {
+    /// Called for each `RCPT TO`, before the relay replies to it. The session and MAIL FROM
+    /// (`input.session()`, `input.mail_from()`) are read on demand: each costs a host call
+    /// the first time, so read them only when the decision needs them.
+    fn on_rcpt(&self, input: &RcptInput<'_>) -> RcptVerdict {
         let _ = input;
         RcptVerdict::NoOpinion
     }
 
     /// Called once per message after the end of `DATA`, before the relay replies. Headers and
     /// tags in the verdict are kept even when another plugin makes the decision.
-    /// `input.message` is read on demand: the relay parses only what the plugin asks.
+    /// `input.message` and `input.transaction` are read on demand: the relay parses and
+    /// copies only what the plugin asks.
     fn on_data(&self, input: &DataInput<'_>) -> DataVerdict {
         let _ = input;
         DataVerdict::default()
@@ -108,7 +111,7 @@ macro_rules! export_plugin {
         }
 
         // The Guest impl is type-checked on every target, but only exported on wasm32: the
-        // component's export names (`relay:policy/hooks@0.3.0#on-rcpt`) are not valid symbol
+        // component's export names (`relay:policy/hooks@0.4.0#on-rcpt`) are not valid symbol
         // names for a native cdylib.
         #[allow(dead_code)]
         const _: () = {
@@ -123,15 +126,23 @@ macro_rules! export_plugin {
                     $crate::__private::describe::<$plugin>()
                 }
 
-                fn on_rcpt(input: $crate::types::RcptInput) -> $crate::types::RcptVerdict {
-                    __PLUGIN_SDK_INSTANCE.with(|plugin| $crate::__private::on_rcpt(plugin, &input))
+                fn on_rcpt(
+                    input: $crate::bindings::relay::policy::types::RcptInput,
+                    transaction: &$crate::bindings::relay::policy::types::Transaction,
+                ) -> $crate::types::RcptVerdict {
+                    __PLUGIN_SDK_INSTANCE.with(|plugin| {
+                        $crate::__private::on_rcpt(plugin, input, transaction)
+                    })
                 }
 
                 fn on_data(
                     input: $crate::bindings::relay::policy::types::DataInput,
+                    transaction: &$crate::bindings::relay::policy::types::Transaction,
                     message: &$crate::bindings::relay::policy::types::Message,
                 ) -> $crate::types::DataVerdict {
-                    __PLUGIN_SDK_INSTANCE.with(|plugin| $crate::__private::on_data(plugin, input, message))
+                    __PLUGIN_SDK_INSTANCE.with(|plugin| {
+                        $crate::__private::on_data(plugin, input, transaction, message)
+                    })
                 }
 
                 fn choose_ip(input: $crate::types::ChooseInput) -> $crate::types::ChooseVerdict {

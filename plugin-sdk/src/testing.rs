@@ -4,8 +4,8 @@
 //! relay's host API. Each thread has its own fake (`cargo test` runs each test on its own
 //! thread), and [`TestHost::new`] resets the current thread's fake and hands you a handle to
 //! read and set it: the config JSON, the clock, key-value entries, counters, the rate limiter
-//! and the log lines. The builders ([`rcpt`], [`message`], [`data`], [`choose`], [`bounce`])
-//! make hook inputs with sensible defaults in one line.
+//! and the log lines. The builders ([`rcpt`], [`message`], [`data`], [`transaction`],
+//! [`choose`], [`bounce`]) make hook inputs with sensible defaults in one line.
 //!
 //! ```
 //! use plugin_sdk::prelude::*;
@@ -18,8 +18,9 @@
 //! host.advance_ms(1_000);
 //! assert_eq!(host::kv_get("seen"), None); // the TTL ran out on the fake clock
 //!
-//! let input = testing::rcpt("alice@example.test", "bob@example.net");
+//! let input = testing::rcpt("alice@example.test", "bob@example.net").with_auth_user("alice");
 //! assert_eq!(input.recipient, "bob@example.net");
+//! assert_eq!(input.session().auth_user.as_deref(), Some("alice"));
 //! ```
 //!
 //! This module exists only on native targets.
@@ -28,4 +29,4 @@ pub(crate) mod fake;
 mod inputs;
 
 pub use fake::{LogLine, TestHost, DEFAULT_NOW_MS};
-pub use inputs::{bounce, choose, data, message, rcpt, session, MessageBuilder};
+pub use inputs::{bounce, choose, data, message, rcpt, session, transaction, MessageBuilder};

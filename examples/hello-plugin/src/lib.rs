@@ -69,10 +69,13 @@ impl Plugin for Hello {
             .iter()
             .any(|b| b.eq_ignore_ascii_case(&input.recipient));
         if blocked {
+            // The session (like MAIL FROM) is read from the relay on demand, a host call the
+            // first time: the common case above decides on the recipient alone and never pays
+            // for it. `info!` formats, and so reads it, only when the line is written.
             plugin_sdk::info!(
                 "refusing {} from {}",
                 input.recipient,
-                input.session.client_ip
+                input.session().client_ip
             );
             return RcptVerdict::reject(550, "5.7.1", "This recipient does not accept mail here");
         }
@@ -106,7 +109,7 @@ mod tests {
             verdict,
             RcptVerdict::reject(550, "5.7.1", "This recipient does not accept mail here")
         );
-        assert!(host.logged_at(Level::Info, "refusing blocked@example.test"));
+        assert!(host.logged_at(Level::Info, "refusing blocked@example.test from 192.0.2.1"));
     }
 
     #[test]

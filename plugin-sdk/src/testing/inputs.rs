@@ -3,6 +3,7 @@
 use crate::types::{
     BounceInput, ChooseInput, DataInput, FailureKind, Header, MailFlags, MailFrom, Message,
     MessageInfo, MimePart, Pool, PoolMember, RcptInput, Session, SmtpReply, Source, Tag,
+    Transaction, TransactionInfo,
 };
 
 /// The default test message id used by [`choose`] and [`bounce`].
@@ -20,67 +21,96 @@ pub fn session() -> Session {
     }
 }
 
-fn mail_from(address: &str) -> MailFrom {
-    MailFrom {
-        address: address.to_owned(),
-        size: None,
-        flags: MailFlags::empty(),
+/// A transaction on a [`session`]: `MAIL FROM:<mail_from>` without parameters, then
+/// `recipients`. Turn it into the [`Transaction`] a hook reads with `Transaction::from`.
+pub fn transaction(mail_from: &str, recipients: &[&str]) -> TransactionInfo {
+    TransactionInfo {
+        session: session(),
+        mail_from: MailFrom {
+            address: mail_from.to_owned(),
+            size: None,
+            flags: MailFlags::empty(),
+        },
+        recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
     }
 }
 
-/// The input of `on_rcpt` for `RCPT TO:<to>` after `MAIL FROM:<from>` on a [`session`].
+/// Adjusts a test transaction. The builders only ever get one made from a
+/// [`TransactionInfo`]; the relay's transaction is read-only and stays as it is.
+fn edit(transaction: &mut Transaction<'_>, change: impl FnOnce(&mut TransactionInfo)) {
+    if let Some(info) = transaction.info_mut() {
+        change(info);
+    }
+}
+
+/// The input of `on_rcpt` for `RCPT TO:<to>` after `MAIL FROM:<from>` on a [`session`], as
+/// the first recipient of the transaction.
 ///
 /// Adjust with the `with_*` methods or by setting fields:
 /// `rcpt("a@x", "b@y").with_auth_user("alice").with_client_ip("198.51.100.7")`.
-pub fn rcpt(from: &str, to: &str) -> RcptInput {
+pub fn rcpt(from: &str, to: &str) -> RcptInput<'static> {
     RcptInput {
-        session: session(),
-        mail_from: mail_from(from),
         recipient: to.to_owned(),
         accepted_so_far: 0,
+        transaction: Transaction::from(transaction(from, &[])),
     }
 }
 
-impl RcptInput {
+impl RcptInput<'_> {
     /// Sets the client's IP address.
     pub fn with_client_ip(mut self, ip: &str) -> Self {
-        self.session.client_ip = ip.to_owned();
+        edit(&mut self.transaction, |t| {
+            t.session.client_ip = ip.to_owned()
+        });
         self
     }
 
     /// Sets the authenticated user.
     pub fn with_auth_user(mut self, user: &str) -> Self {
-        self.session.auth_user = Some(user.to_owned());
+        edit(&mut self.transaction, |t| {
+            t.session.auth_user = Some(user.to_owned());
+        });
         self
     }
 
     /// Sets the EHLO/HELO name.
     pub fn with_helo(mut self, helo: &str) -> Self {
-        self.session.helo = helo.to_owned();
+        edit(&mut self.transaction, |t| t.session.helo = helo.to_owned());
         self
     }
 
     /// Marks the session as TLS-protected.
     pub fn with_tls(mut self) -> Self {
-        self.session.tls = true;
+        edit(&mut self.transaction, |t| t.session.tls = true);
         self
     }
 
     /// Sets MAIL FROM's `SIZE=`.
     pub fn with_size(mut self, size: u64) -> Self {
-        self.mail_from.size = Some(size);
+        edit(&mut self.transaction, |t| t.mail_from.size = Some(size));
         self
     }
 
     /// Adds MAIL FROM flags, e.g. `MailFlags::EIGHT_BIT_MIME | MailFlags::SMTPUTF8`.
     pub fn with_mail_flags(mut self, flags: MailFlags) -> Self {
-        self.mail_from.flags |= flags;
+        edit(&mut self.transaction, |t| t.mail_from.flags |= flags);
         self
     }
 
-    /// Sets how many recipients were already accepted in the transaction.
+    /// Sets how many recipients were already accepted in the transaction (the count only:
+    /// [`RcptInput::with_accepted`] also gives their addresses).
     pub fn with_accepted_so_far(mut self, accepted: u32) -> Self {
         self.accepted_so_far = accepted;
+        self
+    }
+
+    /// Sets the recipients already accepted in the transaction (what
+    /// `input.transaction.recipients()` answers) and their count.
+    pub fn with_accepted(mut self, recipients: &[&str]) -> Self {
+        self.accepted_so_far = u32::try_from(recipients.len()).unwrap_or(u32::MAX);
+        edit(&mut self.transaction, |t| {
+            t.recipients = recipients.iter().map(|r| (*r).to_owned()).collect();
+        });
         self
     }
 }
@@ -258,9 +288,7 @@ pub fn data(
     message: impl Into<MessageInfo>,
 ) -> DataInput<'static> {
     DataInput {
-        session: session(),
-        mail_from: mail_from(mail_from_address),
-        recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+        transaction: Transaction::from(transaction(mail_from_address, recipients)),
         message: Message::from(message.into()),
         tags: Vec::new(),
     }
@@ -275,13 +303,17 @@ impl DataInput<'_> {
 
     /// Sets the client's IP address.
     pub fn with_client_ip(mut self, ip: &str) -> Self {
-        self.session.client_ip = ip.to_owned();
+        edit(&mut self.transaction, |t| {
+            t.session.client_ip = ip.to_owned()
+        });
         self
     }
 
     /// Sets the authenticated user.
     pub fn with_auth_user(mut self, user: &str) -> Self {
-        self.session.auth_user = Some(user.to_owned());
+        edit(&mut self.transaction, |t| {
+            t.session.auth_user = Some(user.to_owned());
+        });
         self
     }
 }
@@ -412,13 +444,40 @@ mod tests {
             .with_mail_flags(MailFlags::EIGHT_BIT_MIME)
             .with_tls()
             .with_accepted_so_far(2);
-        assert_eq!(input.mail_from.address, "a@x.test");
-        assert_eq!(input.session.auth_user.as_deref(), Some("alice"));
-        assert_eq!(input.session.client_ip, "198.51.100.7");
-        assert!(input.session.tls);
-        assert_eq!(input.mail_from.size, Some(10));
-        assert!(input.mail_from.is_8bitmime());
+        assert_eq!(input.recipient, "b@y.test");
+        assert_eq!(input.mail_from().address, "a@x.test");
+        assert_eq!(input.session().auth_user.as_deref(), Some("alice"));
+        assert_eq!(input.session().client_ip, "198.51.100.7");
+        assert_eq!(input.session().helo, "client.example.test");
+        assert!(input.session().tls);
+        assert_eq!(input.mail_from().size, Some(10));
+        assert!(input.mail_from().is_8bitmime());
         assert_eq!(input.accepted_so_far, 2);
+        assert!(input.transaction.recipients().is_empty());
+    }
+
+    #[test]
+    fn rcpt_is_the_first_recipient_until_others_are_accepted() {
+        let first = rcpt("a@x.test", "b@y.test").with_helo("mx.x.test");
+        assert_eq!(first.accepted_so_far, 0);
+        assert!(first.transaction.recipients().is_empty());
+        assert_eq!(first.session().helo, "mx.x.test");
+
+        let third = first.with_accepted(&["c@y.test", "d@y.test"]);
+        assert_eq!(third.accepted_so_far, 2);
+        assert_eq!(third.transaction.recipients(), ["c@y.test", "d@y.test"]);
+        assert_eq!(third.session().helo, "mx.x.test", "other fields are kept");
+    }
+
+    #[test]
+    fn transaction_builds_the_plain_data_a_hook_reads() {
+        let info = transaction("a@x.test", &["b@y.test"]);
+        assert_eq!(info.session, session());
+        assert_eq!(info.mail_from.address, "a@x.test");
+        assert_eq!(info.mail_from.size, None);
+        assert!(info.mail_from.flags.is_empty());
+        let read = Transaction::from(info.clone());
+        assert_eq!(read.recipients(), info.recipients);
     }
 
     #[test]
@@ -477,8 +536,13 @@ mod tests {
         let input = message()
             .subject("x")
             .into_data("a@x.test", &["b@y.test", "c@y.test"])
-            .with_tag("k", "v");
-        assert_eq!(input.recipients, ["b@y.test", "c@y.test"]);
+            .with_tag("k", "v")
+            .with_client_ip("2001:db8::1")
+            .with_auth_user("alice");
+        assert_eq!(input.recipients(), ["b@y.test", "c@y.test"]);
+        assert_eq!(input.mail_from().address, "a@x.test");
+        assert_eq!(input.session().client_ip, "2001:db8::1");
+        assert_eq!(input.session().auth_user.as_deref(), Some("alice"));
         assert_eq!(input.tag("k"), Some("v"));
 
         let choose = choose("y.test")

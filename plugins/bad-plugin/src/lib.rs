@@ -18,6 +18,7 @@
 //! | `throttle` | `host::throttle("bad-plugin", 1, 60000)`: accept, then 451 4.7.1 |
 //! | `bigkey`   | stores under a 1 KiB key (the host refuses it: a trap) |
 //! | `chatty`   | logs 1000 lines (the host keeps the first few) |
+//! | `envelope` | rejects with the transaction as the relay gave it: `ip= helo= tls= user= from= size= rcpts= so_far=` (`so_far` only in `on_rcpt`) |
 //! | `accept`, `reject`, `tempfail` | that verdict |
 //!
 //! Anything else follows the config (JSON from `[plugins.NAME]`):
@@ -147,6 +148,24 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
+/// The transaction as one line: what the `envelope` trigger answers.
+fn envelope(transaction: &Transaction<'_>) -> String {
+    let session = transaction.session();
+    let mail_from = transaction.mail_from();
+    format!(
+        "ip={} helo={} tls={} user={} from={} size={} rcpts={}",
+        session.client_ip,
+        session.helo,
+        session.tls,
+        session.auth_user.as_deref().unwrap_or("-"),
+        mail_from.address,
+        mail_from
+            .size
+            .map_or("-".to_string(), |size| size.to_string()),
+        transaction.recipients().join(",")
+    )
+}
+
 impl Plugin for BadPlugin {
     const NAME: &'static str = "bad-plugin";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -194,6 +213,14 @@ impl Plugin for BadPlugin {
                 }
                 return RcptVerdict::NoOpinion;
             }
+            "envelope" => {
+                let text = format!(
+                    "{} so_far={}",
+                    envelope(&input.transaction),
+                    input.accepted_so_far
+                );
+                return RcptVerdict::reject(550, "5.7.1", &text);
+            }
             "accept" => return RcptVerdict::Accept,
             "reject" => return RcptVerdict::reject(550, "5.7.1", &self.text()),
             "tempfail" => return RcptVerdict::tempfail(451, "4.7.1", &self.text()),
@@ -210,10 +237,11 @@ impl Plugin for BadPlugin {
     }
 
     fn on_data(&self, input: &DataInput) -> DataVerdict {
-        misbehave(
-            local_part(&input.mail_from.address),
-            &input.mail_from.address,
-        );
+        let sender = &input.mail_from().address;
+        misbehave(local_part(sender), sender);
+        if local_part(sender) == "envelope" {
+            return DataVerdict::reject(550, "5.7.1", &envelope(&input.transaction));
+        }
         let config = self.config();
         misbehave(mode_name(config.data), "config");
         let mut verdict = match config.data {
@@ -288,6 +316,33 @@ mod tests {
             p.on_rcpt(&testing::rcpt("a@x.test", "reject@y.test")),
             RcptVerdict::Reject(_)
         ));
+    }
+
+    #[test]
+    fn the_envelope_trigger_answers_with_the_transaction() {
+        let _host = TestHost::new();
+        let p = BadPlugin::default();
+        let input = testing::rcpt("a@x.test", "envelope@y.test")
+            .with_size(500)
+            .with_auth_user("alice")
+            .with_accepted(&["one@y.test", "two@y.test"]);
+        match p.on_rcpt(&input) {
+            RcptVerdict::Reject(reply) => assert_eq!(
+                reply.text,
+                "ip=192.0.2.1 helo=client.example.test tls=false user=alice from=a@x.test \
+                 size=500 rcpts=one@y.test,two@y.test so_far=2"
+            ),
+            other => panic!("expected a reject, got {other:?}"),
+        }
+        let input = testing::message().into_data("envelope@x.test", &["p@y.test", "q@y.test"]);
+        match p.on_data(&input).action {
+            DataAction::Reject(reply) => assert_eq!(
+                reply.text,
+                "ip=192.0.2.1 helo=client.example.test tls=false user=- from=envelope@x.test \
+                 size=- rcpts=p@y.test,q@y.test"
+            ),
+            other => panic!("expected a reject, got {other:?}"),
+        }
     }
 
     #[test]

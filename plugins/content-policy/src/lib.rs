@@ -39,7 +39,7 @@ impl Plugin for ContentPolicy {
                 if let DataAction::Reject(reply) = &verdict.action {
                     plugin_sdk::info!(
                         "rejected message from <{}>: {reply}",
-                        input.mail_from.address
+                        input.mail_from().address
                     );
                 }
                 verdict
@@ -48,7 +48,7 @@ impl Plugin for ContentPolicy {
                 // Logged on every message: a broken table means nothing is being checked.
                 plugin_sdk::error!(
                     "{err}; message from <{}> not checked",
-                    input.mail_from.address
+                    input.mail_from().address
                 );
                 DataVerdict::no_opinion()
             }

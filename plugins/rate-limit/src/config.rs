@@ -65,6 +65,16 @@ impl Limits {
         }
     }
 
+    /// True when some sender domain has a rate: `per_sender_domain`, or an override that is
+    /// not `"unlimited"`. When false, the sender is not worth reading.
+    pub fn may_limit_sender_domains(&self) -> bool {
+        self.per_sender_domain.is_some()
+            || self
+                .sender_domains
+                .values()
+                .any(|limit| matches!(limit, DomainLimit::Rate(_)))
+    }
+
     /// Parses the config JSON the relay hands over. Never fails: every problem is returned
     /// beside the limits, and the limit it concerns is left out (or, for a bad override, the
     /// domain falls back to `per_sender_domain`).
@@ -192,6 +202,18 @@ mod tests {
             ),
             "{messages:#?}"
         );
+    }
+
+    #[test]
+    fn sender_domains_are_limited_only_by_a_rate() {
+        let limited = |json: &str| Limits::from_json(json).0.may_limit_sender_domains();
+        assert!(!limited("{}"));
+        assert!(!limited(r#"{"per_user": "1/1h", "per_client_ip": "1/1h"}"#));
+        assert!(!limited(
+            r#"{"sender_domains": {"free.example": "unlimited"}}"#
+        ));
+        assert!(limited(r#"{"per_sender_domain": "1/1h"}"#));
+        assert!(limited(r#"{"sender_domains": {"bulk.example": "5/1h"}}"#));
     }
 
     #[test]

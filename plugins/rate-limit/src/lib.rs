@@ -55,10 +55,11 @@ impl Plugin for RateLimit {
             let result = host::throttle(&key, check.rate.count(), check.rate.window().as_ms());
             if !result.allowed {
                 let text = check.refusal(result.retry_after_ms);
+                // Only a refusal that is logged reads what the limits did not need.
                 plugin_sdk::info!(
                     "tempfail from {} (MAIL FROM <{}>): {text}",
-                    input.session.client_ip,
-                    input.mail_from.address
+                    input.session().client_ip,
+                    input.mail_from().address
                 );
                 return RcptVerdict::tempfail(451, "4.7.1", &text);
             }
@@ -135,28 +136,35 @@ impl Check {
 /// The host's limiter counts an allowed event at once and has no way to take it back, so when
 /// a later limit refuses, the earlier ones have already counted the message. Stopping at the
 /// first refusal keeps that to the limits checked before it.
+///
+/// The session and MAIL FROM are each a host call the first time they are read, so each is
+/// read only when a configured limit needs it.
 fn checks(limits: &Limits, input: &RcptInput) -> Vec<Check> {
     let mut checks = Vec::with_capacity(3);
-    if let (Some(rate), Some(user)) = (limits.per_user, input.session.auth_user.as_deref()) {
-        if !user.is_empty() {
-            checks.push(Check {
-                scope: Scope::User,
-                subject: user.to_owned(),
-                rate,
-            });
+    if let Some(rate) = limits.per_user {
+        if let Some(user) = input.session().auth_user.as_deref() {
+            if !user.is_empty() {
+                checks.push(Check {
+                    scope: Scope::User,
+                    subject: user.to_owned(),
+                    rate,
+                });
+            }
         }
     }
-    if let Some(domain) = sender_domain(&input.mail_from.address) {
-        if let Some(rate) = limits.for_sender_domain(&domain) {
-            checks.push(Check {
-                scope: Scope::SenderDomain,
-                subject: domain,
-                rate,
-            });
+    if limits.may_limit_sender_domains() {
+        if let Some(domain) = sender_domain(&input.mail_from().address) {
+            if let Some(rate) = limits.for_sender_domain(&domain) {
+                checks.push(Check {
+                    scope: Scope::SenderDomain,
+                    subject: domain,
+                    rate,
+                });
+            }
         }
     }
     if let Some(rate) = limits.per_client_ip {
-        let subject = client_key(&input.session.client_ip, limits.ipv6_prefix);
+        let subject = client_key(&input.session().client_ip, limits.ipv6_prefix);
         if !subject.is_empty() {
             checks.push(Check {
                 scope: Scope::ClientIp,
@@ -256,7 +264,11 @@ mod tests {
             reply.text,
             "Rate limit exceeded for user alice (3 per 1h); try again in 1200 s"
         );
-        assert!(host.logged_at(Level::Info, "Rate limit exceeded for user alice"));
+        assert!(host.logged_at(
+            Level::Info,
+            "tempfail from 192.0.2.1 (MAIL FROM <alice@example.com>): Rate limit exceeded for \
+             user alice"
+        ));
 
         host.advance_ms(HOUR_MS);
         send_allowed(&plugin, &input, 3);

@@ -87,7 +87,7 @@ impl Plugin for Suppression {
         };
         plugin_sdk::info!(
             "refused suppressed recipient <{address}> from {}",
-            input.session.client_ip
+            input.session().client_ip
         );
         RcptVerdict::reject(550, "5.1.1", &text)
     }
@@ -203,6 +203,10 @@ mod tests {
              <bob@example.net>: Recipient address rejected: User unknown) on 2023-11-14; \
              remove it from your list"
         );
+        assert!(host.logged_at(
+            Level::Info,
+            "refused suppressed recipient <bob@example.net> from 192.0.2.1"
+        ));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Every host import is `trappable`: a host function returns `wasmtime::Result`, and an `Err`
 //! becomes a trap in the guest (used to refuse abusive arguments with a clear message). The
-//! `message` resource of `on-data` is a [`super::host::MessageHandle`] in the Store's table.
+//! `transaction` and `message` resources are lent to one hook call at a time and answered from
+//! the Store's per-call state (see [`super::host::HostState::lend_transaction`]).
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",

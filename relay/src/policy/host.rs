@@ -65,6 +65,10 @@ struct CallState {
     log_lines: u32,
     /// The last error-level line the plugin logged during the call (the SDK logs panics so).
     last_error: Option<String>,
+    /// The transaction lent to the call, if any.
+    transaction: Option<Arc<TransactionInfo>>,
+    /// The message lent to the call, if any.
+    message: Option<Arc<MessageView>>,
 }
 
 impl HostState {
@@ -352,38 +356,91 @@ impl host::Host for HostState {
     }
 }
 
-/// What a `message` handle stands for: the message of the `on-data` call in progress, shared
-/// by the plugins of the call (each has the handle in its own Store's table for the call).
-pub(crate) struct MessageHandle(pub Arc<MessageView>);
+/// The SMTP transaction of an `on-rcpt` or `on-data` call, as a `transaction` handle answers
+/// for it. The relay builds it once per transaction and lends it to every call; a plugin gets
+/// a copy of a part only when it asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TransactionInfo {
+    /// The session the transaction arrived on.
+    pub session: types::Session,
+    /// MAIL FROM and its parameters.
+    pub mail_from: types::MailFrom,
+    /// In `on-rcpt` the recipients accepted before the one asked about; in `on-data` all.
+    pub recipients: Vec<String>,
+}
 
-/// The table entry behind a `message` handle (the bindings name the resource type
-/// `types::Message`; the table holds a [`MessageHandle`] under the same index).
-fn as_entry(handle: &Resource<types::Message>) -> Resource<MessageHandle> {
-    if handle.owned() {
-        Resource::new_own(handle.rep())
-    } else {
-        Resource::new_borrow(handle.rep())
-    }
+/// The handle value ("rep") of the lent transaction and of the lent message. A call has at most
+/// one of each, kept in [`CallState`], so the handle needs no table entry: lending costs no
+/// allocation, and the guest's copy of the handle ends with the call (wasmtime checks that).
+const TRANSACTION_REP: u32 = 1;
+const MESSAGE_REP: u32 = 2;
+
+/// The error for a handle that is not the one lent to the call in progress.
+fn not_lent(what: &str) -> wasmtime::Error {
+    wasmtime::format_err!("the {what} handle is valid only during the hook call it was given to")
 }
 
 impl HostState {
-    /// Lends `message` to the instance for one call; [`HostState::end_message`] takes it back.
-    pub fn lend_message(
+    /// Lends `transaction` to the instance for the call about to start; [`HostState::end_loans`]
+    /// takes it back.
+    pub fn lend_transaction(
         &mut self,
-        message: &Arc<MessageView>,
-    ) -> wasmtime::Result<Resource<types::Message>> {
-        let entry = self.table.push(MessageHandle(Arc::clone(message)))?;
-        Ok(Resource::new_own(entry.rep()))
+        transaction: &Arc<TransactionInfo>,
+    ) -> Resource<types::Transaction> {
+        self.call.transaction = Some(Arc::clone(transaction));
+        Resource::new_borrow(TRANSACTION_REP)
     }
 
-    /// Takes back a message lent with [`HostState::lend_message`].
-    pub fn end_message(&mut self, handle: Resource<types::Message>) {
-        // Only fails if the handle is gone already, which leaves nothing to take back.
-        let _ = self.table.delete(as_entry(&handle));
+    /// Lends `message` to the instance for the `on-data` call about to start.
+    pub fn lend_message(&mut self, message: &Arc<MessageView>) -> Resource<types::Message> {
+        self.call.message = Some(Arc::clone(message));
+        Resource::new_borrow(MESSAGE_REP)
+    }
+
+    /// Takes back what was lent for the call that just ended, so that the relay holds the only
+    /// reference again (the message's bytes go back to it without a copy).
+    pub fn end_loans(&mut self) {
+        self.call.transaction = None;
+        self.call.message = None;
     }
 
     fn message(&self, handle: &Resource<types::Message>) -> wasmtime::Result<&MessageView> {
-        Ok(&self.table.get(&as_entry(handle))?.0)
+        match &self.call.message {
+            Some(message) if handle.rep() == MESSAGE_REP => Ok(message),
+            _ => Err(not_lent("message")),
+        }
+    }
+
+    fn transaction(
+        &self,
+        handle: &Resource<types::Transaction>,
+    ) -> wasmtime::Result<&TransactionInfo> {
+        match &self.call.transaction {
+            Some(transaction) if handle.rep() == TRANSACTION_REP => Ok(transaction),
+            _ => Err(not_lent("transaction")),
+        }
+    }
+}
+
+impl types::HostTransaction for HostState {
+    fn envelope(
+        &mut self,
+        this: Resource<types::Transaction>,
+    ) -> wasmtime::Result<types::Envelope> {
+        let transaction = self.transaction(&this)?;
+        Ok(types::Envelope {
+            session: transaction.session.clone(),
+            mail_from: transaction.mail_from.clone(),
+        })
+    }
+
+    fn recipients(&mut self, this: Resource<types::Transaction>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.transaction(&this)?.recipients.clone())
+    }
+
+    fn drop(&mut self, _this: Resource<types::Transaction>) -> wasmtime::Result<()> {
+        // The guest only ever borrows the transaction: there is no owned handle to drop.
+        Ok(())
     }
 }
 
@@ -440,9 +497,8 @@ impl types::HostMessage for HostState {
         Ok(self.message(&this)?.body_text().map(str::to_string))
     }
 
-    fn drop(&mut self, this: Resource<types::Message>) -> wasmtime::Result<()> {
-        // The guest only ever borrows the message; the host takes it back after the call.
-        self.table.delete(as_entry(&this))?;
+    fn drop(&mut self, _this: Resource<types::Message>) -> wasmtime::Result<()> {
+        // The guest only ever borrows the message: there is no owned handle to drop.
         Ok(())
     }
 }

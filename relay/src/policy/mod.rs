@@ -62,6 +62,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use check::{check_file, check_plugin, PluginReport};
+pub(crate) use host::TransactionInfo;
 pub(crate) use reuse::key as reuse_key;
 pub(crate) use set::PluginSet;
 
@@ -80,7 +81,7 @@ pub(crate) use bindings::relay::policy::types::{
 };
 
 /// The interface version this relay binds (the WIT package of `plugin-sdk/wit`).
-pub const INTERFACE: &str = "relay:policy@0.3.0";
+pub const INTERFACE: &str = "relay:policy@0.4.0";
 
 /// Plugins' persistent state (key-value with TTL, counters), namespaced by plugin name.
 ///

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::Resource;
-
+use super::host::TransactionInfo;
 use super::plugin::{FaultCounts, HookCalls, LoadedPlugin, Outcome};
 use crate::inspect::MessageView;
 
@@ -101,10 +100,17 @@ impl PluginSet {
 
     /// Asks the plugins about one recipient; the first answer other than no-opinion wins.
     /// A fault gives the `on_rcpt` fallback: no opinion (fail-open) or `451 4.3.0`.
-    pub fn on_rcpt(&self, input: &RcptInput) -> RcptVerdict {
+    ///
+    /// Each plugin gets `transaction` as a borrowed `transaction` handle for its call.
+    pub fn on_rcpt(&self, input: &RcptInput, transaction: &Arc<TransactionInfo>) -> RcptVerdict {
         for plugin in self.running(Hook::OnRcpt) {
             match plugin.call(Hook::OnRcpt, |p, store| {
-                p.relay_policy_hooks().call_on_rcpt(store, input)
+                let lent = store.data_mut().lend_transaction(transaction);
+                let verdict = p
+                    .relay_policy_hooks()
+                    .call_on_rcpt(&mut *store, input, lent);
+                store.data_mut().end_loans();
+                verdict
             }) {
                 Outcome::Done(RcptVerdict::NoOpinion) | Outcome::Skipped => {}
                 Outcome::Done(verdict) => return verdict,
@@ -122,9 +128,14 @@ impl PluginSet {
     /// fault with a fail-closed fallback counts as `451 4.3.0`); headers and tags accumulate
     /// over all plugins, and each plugin sees the tags set before it in `input.tags`.
     ///
-    /// Each plugin gets `message` as a borrowed `message` handle for its call; what one plugin
-    /// asked of it is not parsed again for the next.
-    pub fn on_data(&self, input: &DataInput, message: &Arc<MessageView>) -> DataVerdict {
+    /// Each plugin gets `transaction` and `message` as borrowed handles for its call; what one
+    /// plugin asked of the message is not parsed again for the next.
+    pub fn on_data(
+        &self,
+        input: &DataInput,
+        transaction: &Arc<TransactionInfo>,
+        message: &Arc<MessageView>,
+    ) -> DataVerdict {
         let mut action: Option<DataAction> = None;
         let mut add_headers = Vec::new();
         let mut tags: Vec<Tag> = Vec::new();
@@ -133,12 +144,16 @@ impl PluginSet {
         for plugin in self.running(Hook::OnData) {
             let current = tagged.as_ref().unwrap_or(input);
             match plugin.call(Hook::OnData, |p, store| {
-                let handle = store.data_mut().lend_message(message)?;
-                let lent = Resource::new_borrow(handle.rep());
-                let verdict = p
-                    .relay_policy_hooks()
-                    .call_on_data(&mut *store, current, lent);
-                store.data_mut().end_message(handle);
+                let state = store.data_mut();
+                let lent_transaction = state.lend_transaction(transaction);
+                let lent_message = state.lend_message(message);
+                let verdict = p.relay_policy_hooks().call_on_data(
+                    &mut *store,
+                    current,
+                    lent_transaction,
+                    lent_message,
+                );
+                store.data_mut().end_loans();
                 verdict
             }) {
                 Outcome::Done(verdict) => {

@@ -234,28 +234,31 @@ fn session() -> Session {
 
 fn rcpt(to: &str) -> RcptInput {
     RcptInput {
-        session: session(),
-        mail_from: MailFrom {
-            address: "sender@example.test".to_string(),
-            size: Some(100),
-            flags: MailFlags::empty(),
-        },
         recipient: to.to_string(),
         accepted_so_far: 0,
     }
 }
 
-fn data(from: &str) -> DataInput {
-    DataInput {
+/// The transaction of `rcpt` and `data`: MAIL FROM `from` on [`session`].
+fn transaction(from: &str) -> Arc<TransactionInfo> {
+    Arc::new(TransactionInfo {
         session: session(),
         mail_from: MailFrom {
             address: from.to_string(),
-            size: None,
+            size: Some(100),
             flags: MailFlags::empty(),
         },
         recipients: vec!["rcpt@example.net".to_string()],
-        tags: Vec::new(),
-    }
+    })
+}
+
+/// Runs on_rcpt for `rcpt(to)` in a transaction from sender@example.test.
+fn ask(set: &PluginSet, to: &str) -> RcptVerdict {
+    set.on_rcpt(&rcpt(to), &transaction("sender@example.test"))
+}
+
+fn data() -> DataInput {
+    DataInput { tags: Vec::new() }
 }
 
 /// A small message from `from` to rcpt@example.net, as on_data reads it.
@@ -267,7 +270,7 @@ fn message(from: &str) -> Arc<MessageView> {
 
 /// Runs on_data for `data(from)` and `message(from)`.
 fn on_data(set: &PluginSet, from: &str) -> DataVerdict {
-    set.on_data(&data(from), &message(from))
+    set.on_data(&data(), &transaction(from), &message(from))
 }
 
 /// Asks `set` where `input`'s delivery should come from, as the relay does (reuse key first,
@@ -361,18 +364,44 @@ fn verdicts_flow_from_a_real_plugin_for_all_four_hooks() {
         assert!(set.implements(hook), "{hook:?}");
     }
 
-    assert_eq!(
-        set.on_rcpt(&rcpt("bob@example.net")),
-        RcptVerdict::NoOpinion
-    );
-    assert_eq!(
-        set.on_rcpt(&rcpt("accept@example.net")),
-        RcptVerdict::Accept
-    );
-    match set.on_rcpt(&rcpt("reject@example.net")) {
+    assert_eq!(ask(&set, "bob@example.net"), RcptVerdict::NoOpinion);
+    assert_eq!(ask(&set, "accept@example.net"), RcptVerdict::Accept);
+    match ask(&set, "reject@example.net") {
         RcptVerdict::Reject(reply) => {
             assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.7.1"));
         }
+        other => panic!("expected a reject, got {other:?}"),
+    }
+
+    // The transaction handle answers with what the relay lent, in both hooks.
+    let tx = Arc::new(TransactionInfo {
+        session: Session {
+            tls: true,
+            auth_user: Some("alice".to_string()),
+            ..session()
+        },
+        ..(*transaction("envelope@example.test")).clone()
+    });
+    assert_eq!(
+        reply_text(&set.on_rcpt(
+            &RcptInput {
+                accepted_so_far: 1,
+                ..rcpt("envelope@example.net")
+            },
+            &tx
+        )),
+        "ip=192.0.2.1 helo=client.example tls=true user=alice from=envelope@example.test \
+         size=100 rcpts=rcpt@example.net so_far=1"
+    );
+    match set
+        .on_data(&data(), &tx, &message("envelope@example.test"))
+        .action
+    {
+        DataAction::Reject(reply) => assert_eq!(
+            reply.text,
+            "ip=192.0.2.1 helo=client.example tls=true user=alice from=envelope@example.test \
+             size=100 rcpts=rcpt@example.net"
+        ),
         other => panic!("expected a reject, got {other:?}"),
     }
 
@@ -422,12 +451,9 @@ fn plugins_run_in_priority_order_and_the_first_opinion_wins() {
     let set = policy.snapshot();
     // Lower priority first; a and b tie at 20 and run in name order.
     assert_eq!(set.names(), vec!["d", "c", "a", "b"]);
-    assert_eq!(reply_text(&set.on_rcpt(&rcpt("bob@example.net"))), "from a");
+    assert_eq!(reply_text(&ask(&set, "bob@example.net")), "from a");
     // A trigger answered by d (the first) wins over the config of the others.
-    assert_eq!(
-        set.on_rcpt(&rcpt("accept@example.net")),
-        RcptVerdict::Accept
-    );
+    assert_eq!(ask(&set, "accept@example.net"), RcptVerdict::Accept);
 }
 
 #[test]
@@ -488,7 +514,7 @@ fn a_looping_plugin_times_out_within_its_budget_and_the_next_call_works() {
     let policy = start(s);
     let set = policy.snapshot();
     let started = Instant::now();
-    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("loop@example.net")));
+    let (verdict, log) = capture(|| ask(&set, "loop@example.net"));
     let took = started.elapsed();
     assert_eq!(verdict, RcptVerdict::NoOpinion, "fail-open fallback");
     assert!(took >= Duration::from_millis(10), "stopped early: {took:?}");
@@ -501,10 +527,7 @@ fn a_looping_plugin_times_out_within_its_budget_and_the_next_call_works() {
     assert!(log.contains("plugin=looper"), "{log}");
     assert!(log.contains("hook=\"on_rcpt\""), "{log}");
     assert_eq!(stats_of(&set, "looper").faults.timeout, 1);
-    assert_eq!(
-        set.on_rcpt(&rcpt("accept@example.net")),
-        RcptVerdict::Accept
-    );
+    assert_eq!(ask(&set, "accept@example.net"), RcptVerdict::Accept);
 }
 
 #[test]
@@ -517,7 +540,7 @@ fn fail_closed_fallbacks_tempfail_with_451_4_3_0() {
     };
     let policy = start(s);
     let set = policy.snapshot();
-    match set.on_rcpt(&rcpt("trap@example.net")) {
+    match ask(&set, "trap@example.net") {
         RcptVerdict::Tempfail(reply) => {
             assert_eq!((reply.code, reply.enhanced.as_str()), (451, "4.3.0"));
         }
@@ -550,14 +573,11 @@ fn a_memory_bomb_gets_the_fallback_and_is_reported_as_memory() {
     s.time_budget = std::time::Duration::from_secs(5);
     let policy = start(s);
     let set = policy.snapshot();
-    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("oom@example.net")));
+    let (verdict, log) = capture(|| ask(&set, "oom@example.net"));
     assert_eq!(verdict, RcptVerdict::NoOpinion);
     assert!(log.contains("plugin_fault"), "{log}");
     assert_eq!(stats_of(&set, "hog").faults.memory, 1, "{log}");
-    assert_eq!(
-        set.on_rcpt(&rcpt("accept@example.net")),
-        RcptVerdict::Accept
-    );
+    assert_eq!(ask(&set, "accept@example.net"), RcptVerdict::Accept);
 }
 
 #[test]
@@ -565,7 +585,7 @@ fn a_trap_gets_the_fallback_its_panic_message_is_logged_and_a_fresh_instance_ser
     let dir = dir_with(&["trapper"]);
     let policy = start(settings(dir.path()));
     let set = policy.snapshot();
-    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("trap@example.net")));
+    let (verdict, log) = capture(|| ask(&set, "trap@example.net"));
     assert_eq!(verdict, RcptVerdict::NoOpinion);
     assert!(
         log.contains("trap requested by trap@example.net"),
@@ -574,10 +594,7 @@ fn a_trap_gets_the_fallback_its_panic_message_is_logged_and_a_fresh_instance_ser
     assert!(log.contains("plugin_fault"), "{log}");
     assert_eq!(stats_of(&set, "trapper").faults.trap, 1);
     for _ in 0..3 {
-        assert_eq!(
-            set.on_rcpt(&rcpt("accept@example.net")),
-            RcptVerdict::Accept
-        );
+        assert_eq!(ask(&set, "accept@example.net"), RcptVerdict::Accept);
     }
 }
 
@@ -586,10 +603,10 @@ fn host_limits_trap_with_a_clear_message_and_log_floods_are_cut() {
     let dir = dir_with(&["limits"]);
     let policy = start(settings(dir.path()));
     let set = policy.snapshot();
-    let (_, log) = capture(|| set.on_rcpt(&rcpt("bigkey@example.net")));
+    let (_, log) = capture(|| ask(&set, "bigkey@example.net"));
     assert!(log.contains("longer than the limit of 512"), "{log}");
     assert_eq!(stats_of(&set, "limits").faults.trap, 1);
-    let (verdict, log) = capture(|| set.on_rcpt(&rcpt("chatty@example.net")));
+    let (verdict, log) = capture(|| ask(&set, "chatty@example.net"));
     assert_eq!(verdict, RcptVerdict::NoOpinion);
     assert!(log.contains("plugin_log_dropped"), "{log}");
     assert!(
@@ -607,7 +624,7 @@ fn quarantine_after_max_faults_and_a_new_file_lifts_it() {
     let set = policy.snapshot();
     let (_, log) = capture(|| {
         for _ in 0..3 {
-            set.on_rcpt(&rcpt("trap@example.net"));
+            ask(&set, "trap@example.net");
         }
     });
     assert!(log.contains("plugin_quarantined"), "{log}");
@@ -617,10 +634,7 @@ fn quarantine_after_max_faults_and_a_new_file_lifts_it() {
         !set.implements(Hook::OnRcpt),
         "a quarantined plugin is skipped"
     );
-    assert_eq!(
-        set.on_rcpt(&rcpt("accept@example.net")),
-        RcptVerdict::NoOpinion
-    );
+    assert_eq!(ask(&set, "accept@example.net"), RcptVerdict::NoOpinion);
     assert_eq!(
         stats_of(&set, "flaky").faults.trap,
         3,
@@ -641,7 +655,7 @@ fn quarantine_after_max_faults_and_a_new_file_lifts_it() {
         "the new file replaced the quarantined plugin"
     );
     assert_eq!(
-        policy.snapshot().on_rcpt(&rcpt("accept@example.net")),
+        ask(&policy.snapshot(), "accept@example.net"),
         RcptVerdict::Accept
     );
     // The old snapshot still has the quarantined version.
@@ -659,9 +673,9 @@ fn stdio_and_blocking_wasi_calls_never_panic_the_relay_on_a_tokio_worker() {
     let set = policy.snapshot();
     let results = runtime.block_on(async move {
         tokio::spawn(async move {
-            let print = set.on_rcpt(&rcpt("print@example.net"));
-            let sleep = set.on_rcpt(&rcpt("sleep@example.net"));
-            let clock = set.on_rcpt(&rcpt("clock@example.net"));
+            let print = ask(&set, "print@example.net");
+            let sleep = ask(&set, "sleep@example.net");
+            let clock = ask(&set, "clock@example.net");
             (print, sleep, clock, stats_of(&set, "wasi"))
         })
         .await
@@ -697,24 +711,15 @@ fn state_is_namespaced_per_plugin_and_throttle_keys_are_shared() {
     let state = Arc::new(MemoryStateStore::new());
     let policy = Policy::start(s, state.clone()).expect("start");
     let set = policy.snapshot();
-    assert_eq!(
-        reply_text(&set.on_rcpt(&rcpt("count@example.net"))),
-        "count=1"
-    );
-    assert_eq!(
-        reply_text(&set.on_rcpt(&rcpt("count@example.net"))),
-        "count=2"
-    );
+    assert_eq!(reply_text(&ask(&set, "count@example.net")), "count=1");
+    assert_eq!(reply_text(&ask(&set, "count@example.net")), "count=2");
     assert_eq!(state.counter_add("one", "count", 0, None), 2);
     assert_eq!(state.counter_add("two", "count", 0, None), 0);
 
     // `one` answers the first throttle call (allowed: Accept); the key is shared, so the
     // second call is refused whichever plugin makes it.
-    assert_eq!(
-        set.on_rcpt(&rcpt("throttle@example.net")),
-        RcptVerdict::Accept
-    );
-    match set.on_rcpt(&rcpt("throttle@example.net")) {
+    assert_eq!(ask(&set, "throttle@example.net"), RcptVerdict::Accept);
+    match ask(&set, "throttle@example.net") {
         RcptVerdict::Tempfail(reply) => {
             assert!(reply.text.starts_with("slow down"), "{}", reply.text)
         }
@@ -757,7 +762,7 @@ fn hot_reload_adds_replaces_and_removes_within_a_second() {
         "added in {added:?}"
     );
     let v1 = policy.snapshot();
-    assert_eq!(reply_text(&v1.on_rcpt(&rcpt("bob@example.net"))), "v1");
+    assert_eq!(reply_text(&ask(&v1, "bob@example.net")), "v1");
     let v1_hash = stats_of(&v1, "hot").sha256;
 
     install_bytes(&replacement, dir.path(), "hot.wasm");
@@ -782,7 +787,7 @@ fn hot_reload_adds_replaces_and_removes_within_a_second() {
 
     // A transaction keeps the set it started with.
     assert!(before.is_empty());
-    assert_eq!(reply_text(&v1.on_rcpt(&rcpt("bob@example.net"))), "v1");
+    assert_eq!(reply_text(&ask(&v1, "bob@example.net")), "v1");
 }
 
 #[test]
@@ -800,15 +805,15 @@ fn bad_files_are_refused_with_clear_messages_and_the_old_version_stays_active() 
     let good_hash = stats_of(&loader.build_set(), "keeper").sha256;
     let bytes = std::fs::read(bad_plugin()).expect("read");
 
-    let version_0_4: Vec<u8> = {
+    let version_0_5: Vec<u8> = {
         let text = b"relay:policy/";
         let mut out = bytes.clone();
         let mut i = 0;
         while i + text.len() + 16 < out.len() {
             if out[i..].starts_with(text) {
                 let rest = &mut out[i + text.len()..];
-                if let Some(at) = rest.windows(6).take(16).position(|w| w == b"@0.3.0") {
-                    rest[at + 3] = b'4';
+                if let Some(at) = rest.windows(6).take(16).position(|w| w == b"@0.4.0") {
+                    rest[at + 3] = b'5';
                 }
             }
             i += 1;
@@ -831,12 +836,12 @@ fn bad_files_are_refused_with_clear_messages_and_the_old_version_stays_active() 
         (
             "empty",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            "does not implement relay:policy@0.3.0",
+            "does not implement relay:policy@0.4.0",
         ),
         (
             "version",
-            version_0_4,
-            "built for relay:policy@0.4.0, this relay binds relay:policy@0.3.0",
+            version_0_5,
+            "built for relay:policy@0.5.0, this relay binds relay:policy@0.4.0",
         ),
         (
             "truncated",
@@ -898,7 +903,7 @@ fn the_compile_cache_is_used_on_a_second_start() {
     let (second, log2) = capture(|| start(s.clone()));
     assert!(log2.contains("cache_hit=Some(true)"), "{log2}");
     assert_eq!(
-        second.snapshot().on_rcpt(&rcpt("accept@example.net")),
+        ask(&second.snapshot(), "accept@example.net"),
         RcptVerdict::Accept
     );
     let compile_ms = |log: &str| -> f64 {
@@ -1033,23 +1038,24 @@ fn hook_call_cost() {
     let policy = start(settings(dir.path()));
     let set = policy.snapshot();
     let input = rcpt("bob@example.net");
-    let data_input = data("sender@example.test");
+    let data_input = data();
+    let tx = transaction("sender@example.test");
     eprintln!("(an instance is recycled every 10,000 calls)");
     let measure = |label: &str, f: &dyn Fn()| time_calls(label, 200_000, f);
     let rcpt_median = measure("on_rcpt (no opinion)", &|| {
-        assert_eq!(set.on_rcpt(&input), RcptVerdict::NoOpinion);
+        assert_eq!(set.on_rcpt(&input, &tx), RcptVerdict::NoOpinion);
     });
     let view = message("sender@example.test");
     measure("on_data (no opinion)", &|| {
-        set.on_data(&data_input, &view);
+        set.on_data(&data_input, &tx, &view);
     });
     let flush = cache_flusher();
     let cold = |label: &str, f: &dyn Fn()| time_calls_between(label, 10_000, f, &flush);
     cold("on_rcpt (no opinion), cold caches", &|| {
-        set.on_rcpt(&input);
+        set.on_rcpt(&input, &tx);
     });
     cold("on_data (no opinion), cold caches", &|| {
-        set.on_data(&data_input, &view);
+        set.on_data(&data_input, &tx, &view);
     });
     assert!(rcpt_median < Duration::from_micros(50), "{rcpt_median:?}");
 }
@@ -1104,20 +1110,32 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     while raw.len() < 2048 {
         raw.extend_from_slice(b"the relay queue message delivery server mail report weekly\r\n");
     }
-    let rcpt_input = RcptInput {
+    let rcpt_input = rcpt("rcpt@example.net");
+    // As in the relay: one transaction for the on_rcpt calls (no recipient accepted yet) and
+    // the same one, with the recipient, for on_data.
+    let mut rcpt_tx = TransactionInfo {
         mail_from: MailFrom {
             address: "loadgen@example.test".to_string(),
             size: Some(raw.len() as u64),
             flags: MailFlags::empty(),
         },
-        ..rcpt("rcpt@example.net")
+        ..(*transaction("loadgen@example.test")).clone()
     };
-    let data_input = DataInput {
-        mail_from: rcpt_input.mail_from.clone(),
-        ..data("loadgen@example.test")
-    };
+    rcpt_tx.recipients.clear();
+    let data_tx = Arc::new(TransactionInfo {
+        recipients: vec!["rcpt@example.net".to_string()],
+        ..rcpt_tx.clone()
+    });
+    let rcpt_tx = Arc::new(rcpt_tx);
+    let data_input = data();
     // As in the relay: the received bytes become a view, each plugin asks what it needs.
-    let on_data = || set.on_data(&data_input, &Arc::new(MessageView::new(raw.clone())));
+    let on_data = || {
+        set.on_data(
+            &data_input,
+            &data_tx,
+            &Arc::new(MessageView::new(raw.clone())),
+        )
+    };
     let choose_input = ChooseInput {
         message_id: "01KAQ3ZB6W2T5N8Y4H7J9M0C1D".to_string(),
         tags: Vec::new(),
@@ -1138,7 +1156,7 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
             }],
         }],
     };
-    assert_eq!(set.on_rcpt(&rcpt_input), RcptVerdict::NoOpinion);
+    assert_eq!(set.on_rcpt(&rcpt_input, &rcpt_tx), RcptVerdict::NoOpinion);
     let verdict = on_data();
     assert_eq!(verdict.action, DataAction::NoOpinion, "{verdict:?}");
     assert_eq!(
@@ -1178,7 +1196,7 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
         ));
     });
     let total = measure("on_rcpt (rate-limit, suppression)", &|| {
-        set.on_rcpt(&rcpt_input);
+        set.on_rcpt(&rcpt_input, &rcpt_tx);
     }) + measure("on_data (content-policy), parse included", &|| {
         on_data();
     }) + measure("choose_ip (ip-pools), answer reused", &|| {
@@ -1194,7 +1212,7 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     let flush = cache_flusher();
     let measure = |label: &str, f: &dyn Fn()| time_calls_between(label, 10_000, f, &flush);
     let total = measure("on_rcpt (rate-limit, suppression), cold caches", &|| {
-        set.on_rcpt(&rcpt_input);
+        set.on_rcpt(&rcpt_input, &rcpt_tx);
     }) + measure("on_data (content-policy), parse included, cold", &|| {
         on_data();
     }) + measure("choose_ip (ip-pools), answer reused, cold", &|| {

@@ -23,7 +23,7 @@ use crate::hooks;
 use crate::hygiene;
 use crate::inspect::MessageView;
 use crate::policy::{
-    DataAction, DataInput, HeldSet, Hook, PluginSet, Policy, RcptInput, RcptVerdict,
+    DataAction, DataInput, HeldSet, Hook, Policy, RcptInput, RcptVerdict, TransactionInfo,
 };
 use crate::spool::scheduler::Notifier;
 use crate::spool::{MessageId, NewMessage, Spool, SpoolError};
@@ -325,6 +325,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound, sett
         peer: peer.ip(),
         plugins: HeldSet::default(),
         accepted: 0,
+        transaction: None,
     };
     let result = match (settings.tls, tls) {
         (ListenerTls::Implicit, Some(tls)) => {
@@ -354,11 +355,33 @@ struct RelayHandler<'a> {
     plugins: HeldSet,
     /// Recipients accepted in the current transaction.
     accepted: u32,
+    /// The transaction as `on_rcpt` plugins see it, built at the first RCPT that runs them
+    /// and kept to the end of the transaction; it lists the recipients accepted so far.
+    transaction: Option<Arc<TransactionInfo>>,
 }
 
 impl RelayHandler<'_> {
-    fn plugins_for(&self, hook: Hook) -> Option<&Arc<PluginSet>> {
-        self.plugins.get().filter(|set| set.implements(hook))
+    /// Counts an accepted recipient and adds it (as it will be queued, once) to what later
+    /// `on_rcpt` calls of the transaction see. No plugin holds the transaction between calls,
+    /// so adding does not copy it.
+    fn accept(&mut self, recipient: &impl std::fmt::Display) {
+        self.accepted += 1;
+        if let Some(transaction) = &mut self.transaction {
+            let recipient = recipient.to_string();
+            let recipients = &mut Arc::make_mut(transaction).recipients;
+            if !recipients.contains(&recipient) {
+                recipients.push(recipient);
+            }
+        }
+    }
+}
+
+/// The transaction of `request` as plugins see it, without recipients yet.
+fn transaction_info(request: &RcptRequest, peer: IpAddr, helo: &str) -> TransactionInfo {
+    TransactionInfo {
+        session: hooks::session(peer, helo, request.tls, request.auth_user.as_deref()),
+        mail_from: hooks::mail_from(&request.mail_from, &request.params),
+        recipients: Vec::new(),
     }
 }
 
@@ -431,26 +454,34 @@ impl Handler for RelayHandler<'_> {
             policy.refresh(&mut self.plugins);
         }
         self.accepted = 0;
+        self.transaction = None;
         Resolution::Accept
     }
 
     async fn check_rcpt(&mut self, request: &RcptRequest, helo: &str) -> Resolution {
         if request.bounce {
             // A returned DSN: on_rcpt is for mail the relay sends on, not for its own bounces.
-            self.accepted += 1;
+            self.accept(&request.to);
             return Resolution::Accept;
         }
-        let Some(plugins) = self.plugins_for(Hook::OnRcpt) else {
+        // The fields one by one: the set is used while the transaction is updated.
+        let Some(plugins) = self
+            .plugins
+            .get()
+            .filter(|set| set.implements(Hook::OnRcpt))
+        else {
             self.accepted += 1;
             return Resolution::Accept;
         };
         let input = RcptInput {
-            session: hooks::session(self.peer, helo, request.tls, request.auth_user.as_deref()),
-            mail_from: hooks::mail_from(&request.mail_from, &request.params),
             recipient: request.to.to_string(),
             accepted_so_far: self.accepted,
         };
-        let resolution = match plugins.on_rcpt(&input) {
+        let peer = self.peer;
+        let transaction = self
+            .transaction
+            .get_or_insert_with(|| Arc::new(transaction_info(request, peer, helo)));
+        let resolution = match plugins.on_rcpt(&input, transaction) {
             RcptVerdict::NoOpinion | RcptVerdict::Accept => Resolution::Accept,
             RcptVerdict::AcceptRewritten(address) => match Mailbox::parse(&address) {
                 Ok(mailbox) => {
@@ -474,7 +505,8 @@ impl Handler for RelayHandler<'_> {
                 tracing::info!(event = "rcpt_refused", rcpt = %request.to, from = %request.mail_from, reply = %reply.text(), "recipient refused by policy");
                 crate::metrics::global().rcpt_refused_policy();
             }
-            _ => self.accepted += 1,
+            Resolution::AcceptAs(to) => self.accept(to),
+            _ => self.accept(&input.recipient),
         }
         resolution
     }
@@ -497,21 +529,27 @@ impl Handler for RelayHandler<'_> {
         let mut added_headers = String::new();
         let mut tags: Vec<(String, String)> = Vec::new();
         if let Some(plugins) = plugins.filter(|set| set.implements(Hook::OnData)) {
-            let input = DataInput {
-                session: hooks::session(
-                    peer.ip(),
-                    &message.helo,
-                    message.tls.is_some(),
-                    message.auth_user.as_deref(),
-                ),
-                mail_from: hooks::mail_from(&message.mail_from, &message.params),
-                recipients: message.recipients.iter().map(|r| r.to_string()).collect(),
-                tags: Vec::new(),
-            };
+            let input = DataInput { tags: Vec::new() };
+            // The on_rcpt plugins' view of the transaction if they ran, with every recipient.
+            let mut transaction = self.transaction.take().unwrap_or_else(|| {
+                Arc::new(TransactionInfo {
+                    session: hooks::session(
+                        peer.ip(),
+                        &message.helo,
+                        message.tls.is_some(),
+                        message.auth_user.as_deref(),
+                    ),
+                    mail_from: hooks::mail_from(&message.mail_from, &message.params),
+                    recipients: Vec::new(),
+                })
+            });
+            let recipients = &mut Arc::make_mut(&mut transaction).recipients;
+            recipients.clear();
+            recipients.extend(message.recipients.iter().map(|r| r.to_string()));
             // The plugins read the message through a view that parses what they ask for; the
             // bytes come back unchanged (copied only if a plugin instance still held them).
             let view = Arc::new(MessageView::new(std::mem::take(&mut message.body)));
-            let verdict = plugins.on_data(&input, &view);
+            let verdict = plugins.on_data(&input, &transaction, &view);
             message.body = Arc::try_unwrap(view)
                 .map(MessageView::into_bytes)
                 .unwrap_or_else(|view| view.bytes().to_vec());

@@ -309,6 +309,90 @@ async fn ip_pools_choose_ip_makes_the_mx_see_the_chosen_source_address() {
     metrics::wait_for_values(metrics_addr, &[(calls, 3.0), (reused, 1.0)], WAIT).await;
 }
 
+/// The `transaction` handle a plugin reads in `on_rcpt` and `on_data` describes the live
+/// transaction: the session, MAIL FROM and its SIZE, the recipients accepted before (once each,
+/// as queued) and, in `on_data`, all of them; a new transaction starts with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_read_the_live_transaction_through_its_handle() {
+    let PluginWorld {
+        sink,
+        relay,
+        dir: _dir,
+        _dns,
+    } = PluginWorld::start("bad-plugin", "", |c| c).await;
+    let net = Net::unique();
+    let ip = IpAddr::V4(net.ip(7));
+    let mut c = SmtpClient::connect_from(ip, relay.addr())
+        .await
+        .expect("connect");
+    c.ehlo("client.test").await.expect("ehlo");
+    c.command("MAIL FROM:<a@sender.test> SIZE=500")
+        .await
+        .expect("mail")
+        .assert_is(250, "2.1.0");
+    for rcpt in ["x@rcpt.test", "y@rcpt.test", "x@rcpt.test"] {
+        c.command(&format!("RCPT TO:<{rcpt}>"))
+            .await
+            .expect("rcpt")
+            .assert_is(250, "2.1.5");
+    }
+    let reply = c
+        .command("RCPT TO:<envelope@rcpt.test>")
+        .await
+        .expect("rcpt");
+    reply.assert_is(550, "5.7.1");
+    assert_eq!(
+        reply.text(),
+        format!(
+            "5.7.1 ip={ip} helo=client.test tls=false user=- from=a@sender.test size=500 \
+             rcpts=x@rcpt.test,y@rcpt.test so_far=3"
+        )
+    );
+    c.command("RSET")
+        .await
+        .expect("rset")
+        .assert_is(250, "2.0.0");
+    c.command("MAIL FROM:<b@sender.test>")
+        .await
+        .expect("mail")
+        .assert_is(250, "2.1.0");
+    let reply = c
+        .command("RCPT TO:<envelope@rcpt.test>")
+        .await
+        .expect("rcpt");
+    assert_eq!(
+        reply.text(),
+        format!("5.7.1 ip={ip} helo=client.test tls=false user=- from=b@sender.test size=- rcpts= so_far=0"),
+        "a new transaction starts without recipients"
+    );
+    c.command("RSET").await.expect("rset");
+    c.command("MAIL FROM:<envelope@sender.test>")
+        .await
+        .expect("mail")
+        .assert_is(250, "2.1.0");
+    for rcpt in ["p@rcpt.test", "q@rcpt.test"] {
+        c.command(&format!("RCPT TO:<{rcpt}>"))
+            .await
+            .expect("rcpt")
+            .assert_is(250, "2.1.5");
+    }
+    assert_eq!(c.command("DATA").await.expect("data").code, 354);
+    let reply = c.data_body(&body("envelope", "", "x")).await.expect("data");
+    reply.assert_is(550, "5.7.1");
+    assert_eq!(
+        reply.text(),
+        format!(
+            "5.7.1 ip={ip} helo=client.test tls=false user=- from=envelope@sender.test size=- \
+             rcpts=p@rcpt.test,q@rcpt.test"
+        )
+    );
+    // An ordinary message still goes through.
+    c.send_mail("a@sender.test", &["z@rcpt.test"], &body("after", "", "x"))
+        .await
+        .expect("send");
+    assert_eq!(sink.wait_for(1, WAIT).await[0].rcpts, vec!["z@rcpt.test"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
     // A small cap, so the memory bomb meets it well within the time budget.
