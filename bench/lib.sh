@@ -129,8 +129,9 @@ start_sink() {
 # spool and log in DIR, routing every domain to SINK_ADDR; sets RELAY_PID, RELAY_ADDR and
 # METRICS_ADDR. EXTRA_CONFIG: a TOML file appended to the config (bench/plugins.toml loads the
 # shipped plugins; @PLUGIN_DIR@ and @CACHE_DIR@ are filled in). With it, PLUGINS names the
-# plugins to install ("" for none) and PLUGIN_CACHE the compiled-plugin cache (default: a fresh
-# one in DIR).
+# plugins to install ("" for none), WASM_DIR where their .wasm files are (default:
+# $CARGO_TARGET_DIR/wasm32-wasip2/release; to compare two builds) and PLUGIN_CACHE the
+# compiled-plugin cache (default: a fresh one in DIR).
 start_relay() {
     local dir=$1 sink_addr=$2 extra=${3:-} relay=${4:-$RELAY}
     cat >"$dir/relay.toml" <<EOF
