@@ -3,24 +3,36 @@
 
 use std::net::IpAddr;
 
-use crate::policy::{MailFlags, MailFrom, Session, SmtpReply, Tag};
+use crate::policy::{MailFlags, MailFrom, Session, SmtpReply, Tag, TransactionInfo};
 use crate::smtp::{Body, EnhancedCode, MailParams, Reply, ReversePath};
 
 /// Longest reply text taken from a plugin.
 const MAX_TEXT: usize = 400;
 
-/// The session as plugins see it.
-pub(crate) fn session(peer: IpAddr, helo: &str, tls: bool, auth_user: Option<&str>) -> Session {
-    Session {
-        client_ip: peer.to_string(),
-        helo: helo.to_string(),
-        tls,
-        auth_user: auth_user.map(str::to_string),
+/// A transaction as plugins see it (the `transaction` handle), before any recipient: the
+/// session from `peer` that said `helo`, and MAIL FROM `from` with `params`.
+pub(crate) fn transaction(
+    peer: IpAddr,
+    helo: &str,
+    tls: bool,
+    auth_user: Option<&str>,
+    from: &ReversePath,
+    params: &MailParams,
+) -> TransactionInfo {
+    TransactionInfo {
+        session: Session {
+            client_ip: peer.to_string(),
+            helo: helo.to_string(),
+            tls,
+            auth_user: auth_user.map(str::to_string),
+        },
+        mail_from: mail_from(from, params),
+        recipients: Vec::new(),
     }
 }
 
 /// MAIL FROM and its parameters as plugins see them.
-pub(crate) fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
+fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
     let mut flags = MailFlags::empty();
     match params.body {
         Some(Body::SevenBit) => flags |= MailFlags::SEVEN_BIT,

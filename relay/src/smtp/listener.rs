@@ -376,15 +376,6 @@ impl RelayHandler<'_> {
     }
 }
 
-/// The transaction of `request` as plugins see it, without recipients yet.
-fn transaction_info(request: &RcptRequest, peer: IpAddr, helo: &str) -> TransactionInfo {
-    TransactionInfo {
-        session: hooks::session(peer, helo, request.tls, request.auth_user.as_deref()),
-        mail_from: hooks::mail_from(&request.mail_from, &request.params),
-        recipients: Vec::new(),
-    }
-}
-
 /// The tag that carries the logged-in user to later hooks (`choose_ip`, `on_bounce`) and logs.
 pub(crate) const AUTH_USER_TAG: &str = "auth_user";
 
@@ -478,9 +469,16 @@ impl Handler for RelayHandler<'_> {
             accepted_so_far: self.accepted,
         };
         let peer = self.peer;
-        let transaction = self
-            .transaction
-            .get_or_insert_with(|| Arc::new(transaction_info(request, peer, helo)));
+        let transaction = self.transaction.get_or_insert_with(|| {
+            Arc::new(hooks::transaction(
+                peer,
+                helo,
+                request.tls,
+                request.auth_user.as_deref(),
+                &request.mail_from,
+                &request.params,
+            ))
+        });
         let resolution = match plugins.on_rcpt(&input, transaction) {
             RcptVerdict::NoOpinion | RcptVerdict::Accept => Resolution::Accept,
             RcptVerdict::AcceptRewritten(address) => match Mailbox::parse(&address) {
@@ -532,16 +530,14 @@ impl Handler for RelayHandler<'_> {
             let input = DataInput { tags: Vec::new() };
             // The on_rcpt plugins' view of the transaction if they ran, with every recipient.
             let mut transaction = self.transaction.take().unwrap_or_else(|| {
-                Arc::new(TransactionInfo {
-                    session: hooks::session(
-                        peer.ip(),
-                        &message.helo,
-                        message.tls.is_some(),
-                        message.auth_user.as_deref(),
-                    ),
-                    mail_from: hooks::mail_from(&message.mail_from, &message.params),
-                    recipients: Vec::new(),
-                })
+                Arc::new(hooks::transaction(
+                    peer.ip(),
+                    &message.helo,
+                    message.tls.is_some(),
+                    message.auth_user.as_deref(),
+                    &message.mail_from,
+                    &message.params,
+                ))
             });
             let recipients = &mut Arc::make_mut(&mut transaction).recipients;
             recipients.clear();
