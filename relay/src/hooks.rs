@@ -21,7 +21,7 @@ pub(crate) fn transaction(
 ) -> TransactionInfo {
     TransactionInfo {
         session: Session {
-            client_ip: peer.to_string(),
+            client_ip: ip_text(peer),
             helo: helo.to_string(),
             tls,
             auth_user: auth_user.map(str::to_string),
@@ -29,6 +29,15 @@ pub(crate) fn transaction(
         mail_from: mail_from(from, params),
         recipients: Vec::new(),
     }
+}
+
+/// `ip` as text, in one allocation (`to_string()` grows its string as it writes).
+pub(crate) fn ip_text(ip: IpAddr) -> String {
+    use std::fmt::Write;
+    // The longest form: an IPv6 address with an embedded IPv4 one.
+    let mut text = String::with_capacity(45);
+    let _ = write!(text, "{ip}");
+    text
 }
 
 /// MAIL FROM and its parameters as plugins see them.
@@ -43,7 +52,7 @@ fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
         flags |= MailFlags::SMTPUTF8;
     }
     MailFrom {
-        address: from.to_string(),
+        address: from.address(),
         size: params.size,
         flags,
     }
@@ -115,7 +124,14 @@ pub(crate) fn header_line(name: &str, value: &str) -> Option<String> {
     let valid = !name.is_empty()
         && name.len() <= 76
         && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
-    valid.then(|| format!("{name}: {}\r\n", clean_line(value, 900)))
+    valid.then(|| {
+        let mut line = String::with_capacity(name.len() + 4 + value.len().min(900));
+        line.push_str(name);
+        line.push_str(": ");
+        push_clean_line(&mut line, value, 900);
+        line.push_str("\r\n");
+        line
+    })
 }
 
 /// An RFC 3463 enhanced status code such as "5.1.1" (class 2, 4 or 5), from text that may
@@ -131,12 +147,19 @@ pub(crate) fn parse_enhanced(text: &str) -> Option<EnhancedCode> {
 
 /// One line of text: control characters become spaces, at most `max` bytes.
 fn clean_line(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    out.truncate(out.floor_char_boundary(max));
-    out.trim().to_string()
+    let mut out = String::with_capacity(text.len().min(max));
+    push_clean_line(&mut out, text, max);
+    out
+}
+
+/// Appends [`clean_line`] of `text` to `out`.
+fn push_clean_line(out: &mut String, text: &str, max: usize) {
+    let start = out.len();
+    out.extend(text.chars().map(|c| if c.is_control() { ' ' } else { c }));
+    let kept = out[start..].floor_char_boundary(max);
+    out.truncate(start + out[start..start + kept].trim_end().len());
+    let leading = out[start..].len() - out[start..].trim_start().len();
+    out.drain(start..start + leading);
 }
 
 #[cfg(test)]
@@ -184,6 +207,21 @@ mod tests {
         assert_eq!(header_line("Bad Name", "v"), None);
         assert_eq!(header_line("", "v"), None);
         assert_eq!(header_line("A:B", "v"), None);
+    }
+
+    #[test]
+    fn clean_lines_are_cut_then_trimmed() {
+        // Control characters (C0 and the two-byte C1 ones) become spaces before the cut, and
+        // the cut never splits a character.
+        assert_eq!(clean_line("\t\u{85} ab\u{1}c  ", 100), "ab c");
+        assert_eq!(clean_line("  abcdef", 5), "abc");
+        assert_eq!(clean_line("ab\u{e9}d", 3), "ab");
+        assert_eq!(clean_line("\u{85}\u{85}x", 3), "x");
+        assert_eq!(clean_line("", 10), "");
+        assert_eq!(
+            header_line("X-A", &format!(" {} ", "v".repeat(1000))).as_deref(),
+            Some(format!("X-A: {}\r\n", "v".repeat(899)).as_str())
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! single-part message comes from its MIME fields and a count of its body; multipart and
 //! nested messages, and the body text, get mail-parser's full parse.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -79,8 +80,12 @@ impl MessageView {
     }
 
     fn fields(&self) -> &[Field] {
-        self.fields
-            .get_or_init(|| header_fields(&self.raw).collect())
+        self.fields.get_or_init(|| {
+            // Room for a typical header section, so that it is not regrown field by field.
+            let mut fields = Vec::with_capacity(32);
+            fields.extend(header_fields(&self.raw));
+            fields
+        })
     }
 
     fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
@@ -91,6 +96,12 @@ impl MessageView {
 
     /// The value of `field` as plugins see it: unfolded and, for text fields, decoded.
     fn value_of(&self, field: &Field) -> String {
+        self.value_ref(field).into_owned()
+    }
+
+    /// [`MessageView::value_of`], borrowed from the message when it is one line of UTF-8
+    /// (what most fields are).
+    fn value_ref(&self, field: &Field) -> Cow<'_, str> {
         let raw = &self.raw[field.value.clone()];
         let name = &self.raw[field.name.clone()];
         let decode = TEXT_FIELDS
@@ -101,12 +112,15 @@ impl MessageView {
             if let Some(text) = self.parse_fields(&[field], |m| {
                 m.headers()
                     .first()
-                    .and_then(|h| h.value().as_text().map(unfold))
+                    .and_then(|h| h.value().as_text().map(|t| unfold(t).into_owned()))
             }) {
-                return text;
+                return Cow::Owned(text);
             }
         }
-        unfold(&String::from_utf8_lossy(raw))
+        match String::from_utf8_lossy(raw) {
+            Cow::Borrowed(text) => unfold(text),
+            Cow::Owned(text) => Cow::Owned(unfold(&text).into_owned()),
+        }
     }
 
     /// The first top-level field called `name` (any case).
@@ -172,7 +186,7 @@ impl MessageView {
     fn addresses(&self, name: &str, header: HeaderName<'static>) -> Vec<String> {
         let mut fields = self.named(name);
         if let (Some(only), None) = (fields.next(), fields.next()) {
-            let value = self.value_of(only);
+            let value = self.value_ref(only);
             if let Some(address) = simple_address(&value) {
                 return vec![address.to_string()];
             }
@@ -300,8 +314,9 @@ impl MessageView {
             None => "text/plain".to_string(),
             Some(value) => {
                 let (media_type, params) = value.split_once(';').unwrap_or((value, ""));
-                let lower = params.to_ascii_lowercase();
-                if lower.contains("name") || lower.contains("=?") {
+                if contains_ignore_case(params.as_bytes(), b"name")
+                    || memchr::memmem::find(params.as_bytes(), b"=?").is_some()
+                {
                     return None;
                 }
                 let (kind, sub) = media_type.trim().split_once('/')?;
@@ -313,7 +328,12 @@ impl MessageView {
                 if !token(kind) || !token(sub) {
                     return None;
                 }
-                format!("{kind}/{sub}").to_ascii_lowercase()
+                let mut media_type = String::with_capacity(kind.len() + 1 + sub.len());
+                media_type.push_str(kind);
+                media_type.push('/');
+                media_type.push_str(sub);
+                media_type.make_ascii_lowercase();
+                media_type
             }
         };
         let encoding = match encoding {
@@ -429,6 +449,13 @@ fn is_mime_field(name: &[u8]) -> bool {
     name.len() > 8 && name[..8].eq_ignore_ascii_case(b"content-")
 }
 
+/// True when `haystack` holds `needle` (ASCII, lower case) in any case.
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
 /// The one part of a message without MIME fields: plain text (RFC 2045 5.2).
 fn plain_text(body: &[u8]) -> Vec<MimePart> {
     vec![MimePart {
@@ -534,16 +561,20 @@ fn decoded_len(body: &[u8], encoding: Encoding) -> u64 {
 }
 
 /// Undoes RFC 5322 2.2.3 folding: a line break followed by white space becomes one space.
-fn unfold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, line) in text.split('\n').enumerate() {
+fn unfold(text: &str) -> Cow<'_, str> {
+    let trimmed = text.trim();
+    if !trimmed.contains('\n') {
+        return Cow::Borrowed(trimmed);
+    }
+    let mut out = String::with_capacity(trimmed.len());
+    for (i, line) in trimmed.split('\n').enumerate() {
         let line = line.trim_end_matches('\r');
         if i > 0 {
             out.push(' ');
         }
         out.push_str(line.trim());
     }
-    out.trim().to_string()
+    Cow::Owned(out)
 }
 
 fn addresses(address: Option<&Address<'_>>) -> Vec<String> {

@@ -532,10 +532,9 @@ impl Delivery {
         let id_text = id.to_string();
         let mut choice = IpChoice::NoOpinion;
         if let Some(plugins) = plugins.as_ref().filter(|p| p.implements(Hook::ChooseIp)) {
-            let sender = from.to_string();
             let mx_host = targets.first().map(|(h, _)| h.as_str()).unwrap_or_default();
             let key = crate::policy::reuse_key(
-                &sender,
+                from.mailbox().map_or("", |m| m.domain.as_str()),
                 &domain,
                 mx_host,
                 tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -546,7 +545,7 @@ impl Delivery {
                 ChooseInput {
                     message_id: id_text.clone(),
                     tags: hooks::tags(&tags),
-                    sender: sender.clone(),
+                    sender: from.address(),
                     domain: domain.clone(),
                     mx_host: mx_host.to_owned(),
                     recipients: rcpts.len() as u32,

@@ -101,7 +101,7 @@ impl Sources {
     /// A pool's member is picked by weight with `seed` ([`spread_seed`] of the message and the
     /// destination), so every attempt of one delivery comes from the same address while
     /// different messages spread over the pool.
-    pub(crate) fn pick(&self, choice: &IpChoice, seed: u64) -> Option<Source> {
+    pub(crate) fn pick(&self, choice: &IpChoice, seed: u64) -> Option<&Source> {
         let name = match choice {
             IpChoice::Source(name) | IpChoice::Pool(name) => Some(name.as_str()),
             IpChoice::NoOpinion => None,
@@ -118,13 +118,14 @@ impl Sources {
     }
 
     /// A source by name or IP, or a member of a pool by name, by weight with `seed`.
-    fn by_name(&self, name: &str, seed: u64) -> Option<Source> {
+    fn by_name(&self, name: &str, seed: u64) -> Option<&Source> {
+        let ip = name.parse::<IpAddr>().ok();
         if let Some(source) = self
             .sources
             .iter()
-            .find(|s| s.name == name || s.ip.to_string() == name)
+            .find(|s| s.name == name || Some(s.ip) == ip)
         {
-            return Some(source.clone());
+            return Some(source);
         }
         let (_, members) = self.pools.iter().find(|(n, _)| n == name)?;
         let total: u64 = members.iter().map(|(_, w)| u64::from(*w)).sum();
@@ -135,7 +136,7 @@ impl Sources {
         let mut ticket = u64::try_from((u128::from(seed) * u128::from(total)) >> 64).unwrap_or(0);
         for (i, weight) in members {
             if ticket < u64::from(*weight) {
-                return Some(self.sources[*i].clone());
+                return Some(&self.sources[*i]);
             }
             ticket -= u64::from(*weight);
         }
@@ -196,18 +197,19 @@ members = [{ source = "b" }]
     fn sources_are_found_by_name_ip_or_pool() {
         let s = sources();
         assert_eq!(
-            s.pick(&IpChoice::Source("a".into()), 0).map(|x| x.ehlo),
+            s.pick(&IpChoice::Source("a".into()), 0)
+                .map(|x| x.ehlo.clone()),
             Some("a.relay.test".into())
         );
         assert_eq!(
             s.pick(&IpChoice::Source("127.0.0.3".into()), 0)
-                .map(|x| (x.name, x.ehlo)),
+                .map(|x| (x.name.clone(), x.ehlo.clone())),
             Some(("b".into(), "relay.test".into())),
             "a source without ehlo uses the relay's EHLO name"
         );
         assert_eq!(
             s.pick(&IpChoice::Pool("only-b".into()), u64::MAX)
-                .map(|x| x.name),
+                .map(|x| x.name.clone()),
             Some("b".into())
         );
     }
@@ -243,16 +245,14 @@ members = [{ source = "b" }]
         );
         let first = s.pick(&IpChoice::Pool("main".into()), seed).expect("pick");
         for _ in 0..10 {
-            assert_eq!(
-                s.pick(&IpChoice::Pool("main".into()), seed),
-                Some(first.clone())
-            );
+            assert_eq!(s.pick(&IpChoice::Pool("main".into()), seed), Some(first));
         }
         // Other destinations of the same message spread too.
         let names: std::collections::HashSet<String> = (0..64)
             .filter_map(|i| {
                 let seed = spread_seed("01KAQ3ZB6W2T5N8Y4H7J9M0C1D", &format!("d{i}.test"));
-                s.pick(&IpChoice::Pool("main".into()), seed).map(|x| x.name)
+                s.pick(&IpChoice::Pool("main".into()), seed)
+                    .map(|x| x.name.clone())
             })
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");

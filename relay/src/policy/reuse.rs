@@ -16,19 +16,19 @@ pub(super) const MAX_REUSE: Duration = Duration::from_secs(3600);
 /// Verdicts kept per plugin; when full, expired ones go, and if none had expired, all of them.
 const MAX_ENTRIES: usize = 4096;
 
-/// The inputs a reusable verdict may depend on, as one string: sender domain, destination
-/// domain and MX host in lower case, then the tags, each `key U+0001 value`, all separated by
-/// NUL. Neither control character can occur inside: the relay turns control characters in
-/// tags into spaces, and names and addresses cannot hold them.
+/// The inputs a reusable verdict may depend on, as one string: the sender's domain (`""` for
+/// the null sender), destination domain and MX host in lower case, then the tags, each
+/// `key U+0001 value`, all separated by NUL. Neither control character can occur inside: the
+/// relay turns control characters in tags into spaces, and names and addresses cannot hold
+/// them.
 ///
 /// Made from the relay's own values, so that a reused answer costs no `choose_ip` input.
 pub(crate) fn key<'a>(
-    sender: &str,
+    sender_domain: &str,
     domain: &str,
     mx_host: &str,
     tags: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> String {
-    let sender_domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
     let mut key = String::with_capacity(sender_domain.len() + domain.len() + mx_host.len() + 3);
     for part in [sender_domain, domain, mx_host] {
         key.extend(part.chars().map(|c| c.to_ascii_lowercase()));
@@ -47,7 +47,7 @@ pub(crate) fn key<'a>(
 #[cfg(test)]
 pub(crate) fn key_of(input: &super::ChooseInput) -> String {
     key(
-        &input.sender,
+        input.sender.rsplit_once('@').map_or("", |(_, d)| d),
         &input.domain,
         &input.mx_host,
         input

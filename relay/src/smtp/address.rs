@@ -85,6 +85,16 @@ impl Mailbox {
             _ => inner.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
         }
     }
+
+    /// `local@domain` as a new string: what `to_string()` gives, in one allocation of the
+    /// right size (the hook paths make one per recipient).
+    pub fn address(&self) -> String {
+        let mut text = String::with_capacity(self.local.len() + 1 + self.domain.len());
+        text.push_str(&self.local);
+        text.push('@');
+        text.push_str(&self.domain);
+        text
+    }
 }
 
 impl fmt::Display for Mailbox {
@@ -128,6 +138,11 @@ impl ReversePath {
     /// True if the path needs no SMTPUTF8 (the null path is ASCII).
     pub fn is_ascii(&self) -> bool {
         self.mailbox().is_none_or(Mailbox::is_ascii)
+    }
+
+    /// `""` for the null sender, else [`Mailbox::address`].
+    pub fn address(&self) -> String {
+        self.mailbox().map(Mailbox::address).unwrap_or_default()
     }
 }
 
@@ -366,6 +381,7 @@ mod tests {
         let m = Mailbox::parse(r#""john \"x\" doe"@example.com"#).unwrap();
         assert_eq!(m.local, r#""john \"x\" doe""#);
         assert_eq!(m.to_string(), r#""john \"x\" doe"@example.com"#);
+        assert_eq!(m.address(), m.to_string());
     }
 
     #[test]
@@ -514,9 +530,11 @@ mod tests {
     #[test]
     fn reverse_path_display_and_helpers() {
         assert_eq!(ReversePath::Null.to_string(), "");
+        assert_eq!(ReversePath::Null.address(), "");
         assert!(ReversePath::Null.is_null() && ReversePath::Null.is_ascii());
         let p = ReversePath::Mailbox(mb("a", "b"));
         assert_eq!(p.to_string(), "a@b");
+        assert_eq!(p.address(), "a@b");
         assert_eq!(p.mailbox(), Some(&mb("a", "b")));
     }
 }

@@ -364,10 +364,9 @@ impl RelayHandler<'_> {
     /// Counts an accepted recipient and adds it (as it will be queued, once) to what later
     /// `on_rcpt` calls of the transaction see. No plugin holds the transaction between calls,
     /// so adding does not copy it.
-    fn accept(&mut self, recipient: &impl std::fmt::Display) {
+    fn accept(&mut self, recipient: String) {
         self.accepted += 1;
         if let Some(transaction) = &mut self.transaction {
-            let recipient = recipient.to_string();
             let recipients = &mut Arc::make_mut(transaction).recipients;
             if !recipients.contains(&recipient) {
                 recipients.push(recipient);
@@ -452,7 +451,7 @@ impl Handler for RelayHandler<'_> {
     async fn check_rcpt(&mut self, request: &RcptRequest, helo: &str) -> Resolution {
         if request.bounce {
             // A returned DSN: on_rcpt is for mail the relay sends on, not for its own bounces.
-            self.accept(&request.to);
+            self.accept(request.to.address());
             return Resolution::Accept;
         }
         // The fields one by one: the set is used while the transaction is updated.
@@ -465,7 +464,7 @@ impl Handler for RelayHandler<'_> {
             return Resolution::Accept;
         };
         let input = RcptInput {
-            recipient: request.to.to_string(),
+            recipient: request.to.address(),
             accepted_so_far: self.accepted,
         };
         let peer = self.peer;
@@ -503,8 +502,8 @@ impl Handler for RelayHandler<'_> {
                 tracing::info!(event = "rcpt_refused", rcpt = %request.to, from = %request.mail_from, reply = %reply.text(), "recipient refused by policy");
                 crate::metrics::global().rcpt_refused_policy();
             }
-            Resolution::AcceptAs(to) => self.accept(to),
-            _ => self.accept(&input.recipient),
+            Resolution::AcceptAs(to) => self.accept(to.address()),
+            _ => self.accept(input.recipient),
         }
         resolution
     }
@@ -541,7 +540,7 @@ impl Handler for RelayHandler<'_> {
             });
             let recipients = &mut Arc::make_mut(&mut transaction).recipients;
             recipients.clear();
-            recipients.extend(message.recipients.iter().map(|r| r.to_string()));
+            recipients.extend(message.recipients.iter().map(Mailbox::address));
             // The plugins read the message through a view that parses what they ask for; the
             // bytes come back unchanged (copied only if a plugin instance still held them).
             let view = Arc::new(MessageView::new(std::mem::take(&mut message.body)));

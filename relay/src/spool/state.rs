@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rocksdb::{Cache, CompactionDecision, Options, DB};
+use rocksdb::{Cache, CompactionDecision, Options, ReadOptions, DB};
 
 use super::{now_ms, CF_PLUGIN_STATE};
 use crate::policy::StateStore;
@@ -66,14 +66,34 @@ fn is_expired(expiry: u64, now: u64) -> bool {
 /// The RocksDB-backed [`StateStore`].
 pub(crate) struct PluginState {
     db: Arc<DB>,
+    /// The options of every read, made once: RocksDB's `get_cf` makes and frees a set per
+    /// read, and plugins read on every hook call that looks at state.
+    read_options: ReadOptions,
     /// Serialises read-modify-write of counters.
     counters: Mutex<()>,
+}
+
+/// Keys up to this length are built on the stack.
+const STACK_KEY: usize = 256;
+
+/// Calls `f` with `<plugin>\0<key>`, built on the stack when it is short (it is for most).
+fn with_key<R>(plugin: &str, key: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let len = plugin.len() + 1 + key.len();
+    if len <= STACK_KEY {
+        let mut buf = [0u8; STACK_KEY];
+        buf[..plugin.len()].copy_from_slice(plugin.as_bytes());
+        buf[plugin.len() + 1..len].copy_from_slice(key.as_bytes());
+        f(&buf[..len])
+    } else {
+        f(&PluginState::key(plugin, key))
+    }
 }
 
 impl PluginState {
     pub(crate) fn new(db: Arc<DB>) -> PluginState {
         PluginState {
             db,
+            read_options: ReadOptions::default(),
             counters: Mutex::new(()),
         }
     }
@@ -89,7 +109,7 @@ impl PluginState {
     /// The live value and its expiry, or `None` when absent or expired.
     fn read(&self, full_key: &[u8]) -> Option<(u64, Vec<u8>)> {
         let cf = self.db.cf_handle(CF_PLUGIN_STATE)?;
-        let raw = match self.db.get_cf(cf, full_key) {
+        let raw = match self.db.get_pinned_cf_opt(cf, full_key, &self.read_options) {
             Ok(v) => v?,
             Err(err) => {
                 tracing::warn!(event = "plugin_state_error", error = %err, "reading plugin state failed");
@@ -126,7 +146,7 @@ fn expiry_for(ttl: Option<Duration>) -> u64 {
 
 impl StateStore for PluginState {
     fn get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
-        self.read(&Self::key(plugin, key)).map(|(_, data)| data)
+        with_key(plugin, key, |full_key| self.read(full_key)).map(|(_, data)| data)
     }
 
     fn set(&self, plugin: &str, key: &str, value: &[u8], ttl: Option<Duration>) {
@@ -180,6 +200,13 @@ mod tests {
         let state = spool.plugin_state();
         assert_eq!(state.get("a", "k").as_deref(), Some(&b"one"[..]));
         assert_eq!(state.get("b", "k").as_deref(), Some(&b"two"[..]));
+        // A key too long for the stack buffer of reads, and one that just fits.
+        for len in [STACK_KEY - 2, STACK_KEY - 1, STACK_KEY * 2] {
+            let long = "k".repeat(len);
+            state.set("a", &long, long.as_bytes(), None);
+            assert_eq!(state.get("a", &long).as_deref(), Some(long.as_bytes()));
+            assert_eq!(state.get("b", &long), None);
+        }
         assert_eq!(state.counter_add("a", "n", 0, None), 3);
         state.delete("a", "k");
         assert_eq!(state.get("a", "k"), None);
