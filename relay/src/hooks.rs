@@ -19,29 +19,43 @@ pub(crate) fn transaction(
     from: &ReversePath,
     params: &MailParams,
 ) -> TransactionInfo {
-    TransactionInfo {
+    let mut info = TransactionInfo {
         session: Session {
             client_ip: ip_text(peer),
-            helo: helo.to_string(),
+            helo: String::new(),
             tls,
-            auth_user: auth_user.map(str::to_string),
+            auth_user: None,
         },
-        mail_from: mail_from(from, params),
+        mail_from: MailFrom {
+            address: String::new(),
+            size: None,
+            flags: MailFlags::empty(),
+        },
         recipients: Vec::new(),
+    };
+    renew_transaction(&mut info, helo, tls, auth_user, from, params);
+    info
+}
+
+/// Makes `info`, the view of an earlier transaction of the same session (same client IP), the
+/// view of a new one, as [`transaction`] would make it, in the buffers it already has.
+pub(crate) fn renew_transaction(
+    info: &mut TransactionInfo,
+    helo: &str,
+    tls: bool,
+    auth_user: Option<&str>,
+    from: &ReversePath,
+    params: &MailParams,
+) {
+    let session = &mut info.session;
+    if session.helo != helo {
+        session.helo.clear();
+        session.helo.push_str(helo);
     }
-}
-
-/// `ip` as text, in one allocation (`to_string()` grows its string as it writes).
-pub(crate) fn ip_text(ip: IpAddr) -> String {
-    use std::fmt::Write;
-    // The longest form: an IPv6 address with an embedded IPv4 one.
-    let mut text = String::with_capacity(45);
-    let _ = write!(text, "{ip}");
-    text
-}
-
-/// MAIL FROM and its parameters as plugins see them.
-fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
+    session.tls = tls;
+    if session.auth_user.as_deref() != auth_user {
+        session.auth_user = auth_user.map(str::to_string);
+    }
     let mut flags = MailFlags::empty();
     match params.body {
         Some(Body::SevenBit) => flags |= MailFlags::SEVEN_BIT,
@@ -51,11 +65,22 @@ fn mail_from(from: &ReversePath, params: &MailParams) -> MailFrom {
     if params.smtputf8 {
         flags |= MailFlags::SMTPUTF8;
     }
-    MailFrom {
-        address: from.address(),
-        size: params.size,
-        flags,
+    info.mail_from.address.clear();
+    if let Some(mailbox) = from.mailbox() {
+        mailbox.write_address(&mut info.mail_from.address);
     }
+    info.mail_from.size = params.size;
+    info.mail_from.flags = flags;
+    info.recipients.clear();
+}
+
+/// `ip` as text, in one allocation (`to_string()` grows its string as it writes).
+pub(crate) fn ip_text(ip: IpAddr) -> String {
+    use std::fmt::Write;
+    // The longest form: an IPv6 address with an embedded IPv4 one.
+    let mut text = String::with_capacity(45);
+    let _ = write!(text, "{ip}");
+    text
 }
 
 /// Tags in WIT form.

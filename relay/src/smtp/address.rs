@@ -90,10 +90,25 @@ impl Mailbox {
     /// right size (the hook paths make one per recipient).
     pub fn address(&self) -> String {
         let mut text = String::with_capacity(self.local.len() + 1 + self.domain.len());
-        text.push_str(&self.local);
-        text.push('@');
-        text.push_str(&self.domain);
+        self.write_address(&mut text);
         text
+    }
+
+    /// Appends `local@domain` to `out`.
+    pub fn write_address(&self, out: &mut String) {
+        out.push_str(&self.local);
+        out.push('@');
+        out.push_str(&self.domain);
+    }
+
+    /// True when `text` is exactly `local@domain` (what [`Mailbox::address`] gives).
+    pub fn is_written_as(&self, text: &str) -> bool {
+        let text = text.as_bytes();
+        let (local, domain) = (self.local.as_bytes(), self.domain.as_bytes());
+        text.len() == local.len() + 1 + domain.len()
+            && text.starts_with(local)
+            && text[local.len()] == b'@'
+            && text.ends_with(domain)
     }
 }
 
@@ -382,6 +397,10 @@ mod tests {
         assert_eq!(m.local, r#""john \"x\" doe""#);
         assert_eq!(m.to_string(), r#""john \"x\" doe"@example.com"#);
         assert_eq!(m.address(), m.to_string());
+        assert!(m.is_written_as(&m.to_string()));
+        assert!(!m.is_written_as(r#""john \"x\" doe"@example.co"#));
+        assert!(!m.is_written_as(r#""john \"x\" doe"#));
+        assert!(!m.is_written_as(r#""john \"x\" doe"xexample.com"#));
     }
 
     #[test]

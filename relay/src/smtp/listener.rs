@@ -13,9 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    received_header, AuthOffer, AuthRequest, ClientInfo, EnhancedCode, IncomingMessage,
-    MailRequest, Mailbox, RcptRequest, ReceivedInfo, Reply, Resolution, Session, SessionConfig,
-    Step,
+    received_header, AuthOffer, AuthRequest, ClientInfo, EnhancedCode, IncomingMessage, MailParams,
+    MailRequest, Mailbox, RcptRequest, ReceivedInfo, Reply, Resolution, ReversePath, Session,
+    SessionConfig, Step,
 };
 use crate::auth::{Admission, AuthLimiter, Users, Verified};
 use crate::config::{HygieneConfig, Listener, ListenerTls};
@@ -325,7 +325,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, inbound: &Inbound, sett
         peer: peer.ip(),
         plugins: HeldSet::default(),
         accepted: 0,
-        transaction: None,
+        transactions: Transactions::default(),
     };
     let result = match (settings.tls, tls) {
         (ListenerTls::Implicit, Some(tls)) => {
@@ -355,9 +355,52 @@ struct RelayHandler<'a> {
     plugins: HeldSet,
     /// Recipients accepted in the current transaction.
     accepted: u32,
-    /// The transaction as `on_rcpt` plugins see it, built at the first RCPT that runs them
-    /// and kept to the end of the transaction; it lists the recipients accepted so far.
-    transaction: Option<Arc<TransactionInfo>>,
+    /// The transaction as plugins see it.
+    transactions: Transactions,
+}
+
+/// The plugins' view of the current transaction ([`TransactionInfo`]), made at the first
+/// hook call that needs it (the first RCPT that runs plugins, else the end of data) and kept
+/// to the end of the transaction; it lists the recipients accepted so far. A finished one is
+/// kept too, and renewed in place for the session's next transaction, so that a session
+/// sending message after message does not build the view anew each time.
+#[derive(Default)]
+struct Transactions {
+    current: Option<Arc<TransactionInfo>>,
+    spare: Option<Arc<TransactionInfo>>,
+}
+
+impl Transactions {
+    /// The current transaction's view; made (or renewed from the spare) if there is none.
+    fn get(
+        &mut self,
+        peer: IpAddr,
+        helo: &str,
+        tls: bool,
+        auth_user: Option<&str>,
+        from: &ReversePath,
+        params: &MailParams,
+    ) -> &mut Arc<TransactionInfo> {
+        let spare = &mut self.spare;
+        self.current.get_or_insert_with(|| {
+            // A plugin call never keeps the view, so the spare is normally not shared.
+            let renewed = spare.take().and_then(|mut info| {
+                let inner = Arc::get_mut(&mut info)?;
+                hooks::renew_transaction(inner, helo, tls, auth_user, from, params);
+                Some(info)
+            });
+            renewed.unwrap_or_else(|| {
+                Arc::new(hooks::transaction(peer, helo, tls, auth_user, from, params))
+            })
+        })
+    }
+
+    /// Ends the current transaction (keeping its view as the spare).
+    fn finish(&mut self) {
+        if let Some(done) = self.current.take() {
+            self.spare = Some(done);
+        }
+    }
 }
 
 impl RelayHandler<'_> {
@@ -366,7 +409,7 @@ impl RelayHandler<'_> {
     /// so adding does not copy it.
     fn accept(&mut self, recipient: String) {
         self.accepted += 1;
-        if let Some(transaction) = &mut self.transaction {
+        if let Some(transaction) = &mut self.transactions.current {
             let recipients = &mut Arc::make_mut(transaction).recipients;
             if !recipients.contains(&recipient) {
                 recipients.push(recipient);
@@ -444,7 +487,7 @@ impl Handler for RelayHandler<'_> {
             policy.refresh(&mut self.plugins);
         }
         self.accepted = 0;
-        self.transaction = None;
+        self.transactions.finish();
         Resolution::Accept
     }
 
@@ -467,17 +510,14 @@ impl Handler for RelayHandler<'_> {
             recipient: request.to.address(),
             accepted_so_far: self.accepted,
         };
-        let peer = self.peer;
-        let transaction = self.transaction.get_or_insert_with(|| {
-            Arc::new(hooks::transaction(
-                peer,
-                helo,
-                request.tls,
-                request.auth_user.as_deref(),
-                &request.mail_from,
-                &request.params,
-            ))
-        });
+        let transaction = self.transactions.get(
+            self.peer,
+            helo,
+            request.tls,
+            request.auth_user.as_deref(),
+            &request.mail_from,
+            &request.params,
+        );
         let resolution = match plugins.on_rcpt(&input, transaction) {
             RcptVerdict::NoOpinion | RcptVerdict::Accept => Resolution::Accept,
             RcptVerdict::AcceptRewritten(address) => match Mailbox::parse(&address) {
@@ -528,23 +568,30 @@ impl Handler for RelayHandler<'_> {
         if let Some(plugins) = plugins.filter(|set| set.implements(Hook::OnData)) {
             let input = DataInput { tags: Vec::new() };
             // The on_rcpt plugins' view of the transaction if they ran, with every recipient.
-            let mut transaction = self.transaction.take().unwrap_or_else(|| {
-                Arc::new(hooks::transaction(
-                    peer.ip(),
-                    &message.helo,
-                    message.tls.is_some(),
-                    message.auth_user.as_deref(),
-                    &message.mail_from,
-                    &message.params,
-                ))
-            });
-            let recipients = &mut Arc::make_mut(&mut transaction).recipients;
-            recipients.clear();
-            recipients.extend(message.recipients.iter().map(Mailbox::address));
+            let transaction = self.transactions.get(
+                peer.ip(),
+                &message.helo,
+                message.tls.is_some(),
+                message.auth_user.as_deref(),
+                &message.mail_from,
+                &message.params,
+            );
+            // on_rcpt kept the list as the recipients were accepted; it is remade only if that
+            // is not what is queued (no on_rcpt plugin ran, or the lists differ).
+            let queued = &message.recipients;
+            let kept = &transaction.recipients;
+            if kept.len() != queued.len()
+                || !kept.iter().zip(queued).all(|(k, q)| q.is_written_as(k))
+            {
+                let recipients = &mut Arc::make_mut(transaction).recipients;
+                recipients.clear();
+                recipients.extend(queued.iter().map(Mailbox::address));
+            }
             // The plugins read the message through a view that parses what they ask for; the
             // bytes come back unchanged (copied only if a plugin instance still held them).
             let view = Arc::new(MessageView::new(std::mem::take(&mut message.body)));
-            let verdict = plugins.on_data(&input, &transaction, &view);
+            let verdict = plugins.on_data(&input, transaction, &view);
+            self.transactions.finish();
             message.body = Arc::try_unwrap(view)
                 .map(MessageView::into_bytes)
                 .unwrap_or_else(|view| view.bytes().to_vec());

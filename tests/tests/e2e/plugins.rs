@@ -386,6 +386,28 @@ async fn plugins_read_the_live_transaction_through_its_handle() {
              rcpts=p@rcpt.test,q@rcpt.test"
         )
     );
+    // The next transaction, after a new EHLO, sees its own envelope and nothing of the last.
+    c.ehlo("other.test").await.expect("ehlo");
+    c.command("MAIL FROM:<c@sender.test> SIZE=99")
+        .await
+        .expect("mail")
+        .assert_is(250, "2.1.0");
+    c.command("RCPT TO:<p@rcpt.test>")
+        .await
+        .expect("rcpt")
+        .assert_is(250, "2.1.5");
+    let reply = c
+        .command("RCPT TO:<envelope@rcpt.test>")
+        .await
+        .expect("rcpt");
+    assert_eq!(
+        reply.text(),
+        format!(
+            "5.7.1 ip={ip} helo=other.test tls=false user=- from=c@sender.test size=99 \
+             rcpts=p@rcpt.test so_far=1"
+        )
+    );
+    c.command("RSET").await.expect("rset");
     // An ordinary message still goes through.
     c.send_mail("a@sender.test", &["z@rcpt.test"], &body("after", "", "x"))
         .await
