@@ -160,7 +160,11 @@ impl PluginSet {
                     if action.is_none() && verdict.action != DataAction::NoOpinion {
                         action = Some(verdict.action);
                     }
-                    add_headers.extend(verdict.add_headers);
+                    if add_headers.is_empty() {
+                        add_headers = verdict.add_headers;
+                    } else {
+                        add_headers.extend(verdict.add_headers);
+                    }
                     if !verdict.tags.is_empty() {
                         let next = tagged.get_or_insert_with(|| input.clone());
                         for tag in &verdict.tags {
