@@ -188,10 +188,14 @@ fn sender_domain(address: &str) -> Option<String> {
 /// its `/prefix` network when `ipv6_prefix` is below 128. Text that is not an IP address is
 /// counted as given.
 fn client_key(client_ip: &str, ipv6_prefix: u8) -> String {
-    let Ok(ip) = client_ip.trim().parse::<IpAddr>() else {
-        return client_ip.trim().to_owned();
+    let text = client_ip.trim();
+    let Ok(ip) = text.parse::<IpAddr>() else {
+        return text.to_owned();
     };
     match ip.to_canonical() {
+        // IPv4 text that parses is already canonical (four decimal octets, no leading zeros),
+        // so the usual case needs no formatting.
+        IpAddr::V4(_) if ip.is_ipv4() => text.to_owned(),
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) if ipv6_prefix >= 128 => v6.to_string(),
         IpAddr::V6(v6) => {
@@ -531,6 +535,7 @@ mod tests {
     #[test]
     fn client_keys_are_canonical() {
         assert_eq!(client_key("192.0.2.1", 128), "192.0.2.1");
+        assert_eq!(client_key(" 0.0.0.0 ", 128), "0.0.0.0");
         assert_eq!(client_key("::FFFF:192.0.2.1", 64), "192.0.2.1");
         assert_eq!(client_key("2001:DB8:0::1", 128), "2001:db8::1");
         assert_eq!(
