@@ -9,21 +9,24 @@ use crate::smtp::{Body, EnhancedCode, MailParams, Reply, ReversePath};
 /// Longest reply text taken from a plugin.
 const MAX_TEXT: usize = 400;
 
-/// A transaction as plugins see it (the `transaction` handle), before any recipient: the
-/// session from `peer` that said `helo`, and MAIL FROM `from` with `params`.
-pub(crate) fn transaction(
-    peer: IpAddr,
-    helo: &str,
-    tls: bool,
-    auth_user: Option<&str>,
-    from: &ReversePath,
-    params: &MailParams,
-) -> TransactionInfo {
+/// What the plugins' view of a transaction is made from: the session's HELO, TLS state and
+/// login, and MAIL FROM with its parameters.
+pub(crate) struct TransactionStart<'a> {
+    pub helo: &'a str,
+    pub tls: bool,
+    pub auth_user: Option<&'a str>,
+    pub from: &'a ReversePath,
+    pub params: &'a MailParams,
+}
+
+/// A transaction as plugins see it (the `transaction` handle), before any recipient: from a
+/// session with the client at `peer`.
+pub(crate) fn transaction(peer: IpAddr, start: &TransactionStart<'_>) -> TransactionInfo {
     let mut info = TransactionInfo {
         session: Session {
             client_ip: ip_text(peer),
             helo: String::new(),
-            tls,
+            tls: start.tls,
             auth_user: None,
         },
         mail_from: MailFrom {
@@ -33,20 +36,20 @@ pub(crate) fn transaction(
         },
         recipients: Vec::new(),
     };
-    renew_transaction(&mut info, helo, tls, auth_user, from, params);
+    renew_transaction(&mut info, start);
     info
 }
 
 /// Makes `info`, the view of an earlier transaction of the same session (same client IP), the
 /// view of a new one, as [`transaction`] would make it, in the buffers it already has.
-pub(crate) fn renew_transaction(
-    info: &mut TransactionInfo,
-    helo: &str,
-    tls: bool,
-    auth_user: Option<&str>,
-    from: &ReversePath,
-    params: &MailParams,
-) {
+pub(crate) fn renew_transaction(info: &mut TransactionInfo, start: &TransactionStart<'_>) {
+    let TransactionStart {
+        helo,
+        tls,
+        auth_user,
+        from,
+        params,
+    } = *start;
     let session = &mut info.session;
     if session.helo != helo {
         session.helo.clear();

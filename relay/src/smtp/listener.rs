@@ -13,9 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    received_header, AuthOffer, AuthRequest, ClientInfo, EnhancedCode, IncomingMessage, MailParams,
-    MailRequest, Mailbox, RcptRequest, ReceivedInfo, Reply, Resolution, ReversePath, Session,
-    SessionConfig, Step,
+    received_header, AuthOffer, AuthRequest, ClientInfo, EnhancedCode, IncomingMessage,
+    MailRequest, Mailbox, RcptRequest, ReceivedInfo, Reply, Resolution, Session, SessionConfig,
+    Step,
 };
 use crate::auth::{Admission, AuthLimiter, Users, Verified};
 use crate::config::{HygieneConfig, Listener, ListenerTls};
@@ -375,23 +375,16 @@ impl Transactions {
     fn get(
         &mut self,
         peer: IpAddr,
-        helo: &str,
-        tls: bool,
-        auth_user: Option<&str>,
-        from: &ReversePath,
-        params: &MailParams,
+        start: &hooks::TransactionStart<'_>,
     ) -> &mut Arc<TransactionInfo> {
         let spare = &mut self.spare;
         self.current.get_or_insert_with(|| {
             // A plugin call never keeps the view, so the spare is normally not shared.
             let renewed = spare.take().and_then(|mut info| {
-                let inner = Arc::get_mut(&mut info)?;
-                hooks::renew_transaction(inner, helo, tls, auth_user, from, params);
+                hooks::renew_transaction(Arc::get_mut(&mut info)?, start);
                 Some(info)
             });
-            renewed.unwrap_or_else(|| {
-                Arc::new(hooks::transaction(peer, helo, tls, auth_user, from, params))
-            })
+            renewed.unwrap_or_else(|| Arc::new(hooks::transaction(peer, start)))
         })
     }
 
@@ -512,11 +505,13 @@ impl Handler for RelayHandler<'_> {
         };
         let transaction = self.transactions.get(
             self.peer,
-            helo,
-            request.tls,
-            request.auth_user.as_deref(),
-            &request.mail_from,
-            &request.params,
+            &hooks::TransactionStart {
+                helo,
+                tls: request.tls,
+                auth_user: request.auth_user.as_deref(),
+                from: &request.mail_from,
+                params: &request.params,
+            },
         );
         let resolution = match plugins.on_rcpt(&input, transaction) {
             RcptVerdict::NoOpinion | RcptVerdict::Accept => Resolution::Accept,
@@ -570,11 +565,13 @@ impl Handler for RelayHandler<'_> {
             // The on_rcpt plugins' view of the transaction if they ran, with every recipient.
             let transaction = self.transactions.get(
                 peer.ip(),
-                &message.helo,
-                message.tls.is_some(),
-                message.auth_user.as_deref(),
-                &message.mail_from,
-                &message.params,
+                &hooks::TransactionStart {
+                    helo: &message.helo,
+                    tls: message.tls.is_some(),
+                    auth_user: message.auth_user.as_deref(),
+                    from: &message.mail_from,
+                    params: &message.params,
+                },
             );
             // on_rcpt kept the list as the recipients were accepted; it is remade only if that
             // is not what is queued (no on_rcpt plugin ran, or the lists differ).
