@@ -85,7 +85,11 @@ fn with_key<R>(plugin: &str, key: &str, f: impl FnOnce(&[u8]) -> R) -> R {
         buf[plugin.len() + 1..len].copy_from_slice(key.as_bytes());
         f(&buf[..len])
     } else {
-        f(&PluginState::key(plugin, key))
+        let mut long = Vec::with_capacity(len);
+        long.extend_from_slice(plugin.as_bytes());
+        long.push(0);
+        long.extend_from_slice(key.as_bytes());
+        f(&long)
     }
 }
 
@@ -96,14 +100,6 @@ impl PluginState {
             read_options: ReadOptions::default(),
             counters: Mutex::new(()),
         }
-    }
-
-    fn key(plugin: &str, key: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(plugin.len() + 1 + key.len());
-        k.extend_from_slice(plugin.as_bytes());
-        k.push(0);
-        k.extend_from_slice(key.as_bytes());
-        k
     }
 
     /// The live value and its expiry, or `None` when absent or expired.
@@ -150,19 +146,31 @@ impl StateStore for PluginState {
     }
 
     fn set(&self, plugin: &str, key: &str, value: &[u8], ttl: Option<Duration>) {
-        self.write(&Self::key(plugin, key), expiry_for(ttl), value);
+        with_key(plugin, key, |full_key| {
+            self.write(full_key, expiry_for(ttl), value)
+        });
     }
 
     fn delete(&self, plugin: &str, key: &str) {
         if let Some(cf) = self.db.cf_handle(CF_PLUGIN_STATE) {
-            let _ = self.db.delete_cf(cf, Self::key(plugin, key));
+            with_key(plugin, key, |full_key| {
+                let _ = self.db.delete_cf(cf, full_key);
+            });
         }
     }
 
     fn counter_add(&self, plugin: &str, key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
-        let full_key = Self::key(plugin, key);
+        with_key(plugin, key, |full_key| {
+            self.add_to_counter(full_key, delta, ttl)
+        })
+    }
+}
+
+impl PluginState {
+    /// [`StateStore::counter_add`] on a whole key.
+    fn add_to_counter(&self, full_key: &[u8], delta: i64, ttl: Option<Duration>) -> i64 {
         let _guard = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let (expiry, current) = match self.read(&full_key) {
+        let (expiry, current) = match self.read(full_key) {
             Some((expiry, data)) => {
                 let value = data
                     .as_slice()
@@ -175,7 +183,7 @@ impl StateStore for PluginState {
             None => (expiry_for(ttl), 0),
         };
         let next = current.saturating_add(delta);
-        self.write(&full_key, expiry, &next.to_be_bytes());
+        self.write(full_key, expiry, &next.to_be_bytes());
         next
     }
 }
@@ -252,10 +260,7 @@ mod tests {
         // Read the raw column family: the expiry-aware reader would delete on its own.
         let cf = spool.db.cf_handle(CF_PLUGIN_STATE).expect("plugin_state");
         let raw = |key: &str| {
-            spool
-                .db
-                .get_cf(cf, PluginState::key("p", key))
-                .expect("raw read")
+            with_key("p", key, |full_key| spool.db.get_cf(cf, full_key)).expect("raw read")
         };
         assert!(raw("short").is_some(), "expired but not yet compacted");
         spool.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
