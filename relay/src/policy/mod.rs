@@ -4,8 +4,9 @@
 //! # Shape
 //! - One wasmtime [`Engine`](wasmtime::Engine) per [`Policy`]: component model, cranelift,
 //!   pooling allocator with copy-on-write memory images, epoch interruption (a background
-//!   thread ticks every quarter of `time_budget`, at least every millisecond) and an on-disk compiled-code cache (`cache_dir`, keyed by
-//!   the file's bytes and the engine configuration), so a restart does not recompile.
+//!   thread ticks every quarter of `time_budget`, at least every millisecond) and an on-disk
+//!   compiled-code cache (`cache_dir`, keyed by the file's bytes and the engine
+//!   configuration), so a restart does not recompile.
 //! - Each `<dir>/NAME.wasm` becomes one plugin named `NAME`. Loading checks everything before
 //!   mail sees the plugin: it is a component (not a core module), built for the interface
 //!   version this relay binds, its imports are satisfiable ([`Linker::instantiate_pre`]) and its
