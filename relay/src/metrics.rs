@@ -80,6 +80,10 @@ pub(crate) struct Metrics {
     auth_ok: Counter,
     auth_failed: Counter,
     auth_locked_out: Counter,
+    rcpt_batches: Counter,
+    rcpt_batch_questions: Counter,
+    data_batches: Counter,
+    data_batch_questions: Counter,
 }
 
 /// The process-wide metrics (created on first use).
@@ -197,6 +201,18 @@ impl Metrics {
             "SMTP AUTH attempts by result: ok; failed (bad user name or password); locked_out (refused with 421 because the client address failed too often)",
             auth.clone(),
         );
+        let batches = Family::<Labels1, Counter>::default();
+        registry.register(
+            "relay_plugin_batches",
+            "Batches of on_rcpt or on_data questions (hook label) that the plugins answered one after the other, plugin by plugin: sessions that reach a hook while a worker thread is busy with others are asked together",
+            batches.clone(),
+        );
+        let batch_questions = Family::<Labels1, Counter>::default();
+        registry.register(
+            "relay_plugin_batch_questions",
+            "Questions (recipients for on_rcpt, messages for on_data) asked in those batches; divided by relay_plugin_batches_total it is the mean batch size",
+            batch_questions.clone(),
+        );
         let handshakes =
             |result: &'static str| tls_handshakes.get_or_create_owned(&[("result", result)]);
         let logins = |result: &'static str| auth.get_or_create_owned(&[("result", result)]);
@@ -207,6 +223,10 @@ impl Metrics {
             auth_ok: logins("ok"),
             auth_failed: logins("failed"),
             auth_locked_out: logins("locked_out"),
+            rcpt_batches: batches.get_or_create_owned(&[("hook", "on_rcpt")]),
+            rcpt_batch_questions: batch_questions.get_or_create_owned(&[("hook", "on_rcpt")]),
+            data_batches: batches.get_or_create_owned(&[("hook", "on_data")]),
+            data_batch_questions: batch_questions.get_or_create_owned(&[("hook", "on_data")]),
             received,
             refused_mail_spool: refusal("mail", "spool"),
             refused_rcpt_policy: refusal("rcpt", "policy"),
@@ -236,6 +256,18 @@ impl Metrics {
     pub(crate) fn spool_written(&self, writes: usize, syncs: u64) {
         self.spool_writes.inc_by(writes as u64);
         self.spool_syncs.inc_by(syncs);
+    }
+
+    /// The plugins answered `questions` on_rcpt questions as one batch.
+    pub(crate) fn rcpt_batch(&self, questions: usize) {
+        self.rcpt_batches.inc();
+        self.rcpt_batch_questions.inc_by(questions as u64);
+    }
+
+    /// The plugins answered `questions` on_data questions as one batch.
+    pub(crate) fn data_batch(&self, questions: usize) {
+        self.data_batches.inc();
+        self.data_batch_questions.inc_by(questions as u64);
     }
 
     /// An inbound TLS handshake ended.

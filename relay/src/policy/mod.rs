@@ -41,6 +41,7 @@
 //!
 //! [`Linker::instantiate_pre`]: wasmtime::component::Linker::instantiate_pre
 
+mod batch;
 mod bindings;
 mod check;
 mod host;
@@ -62,6 +63,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub(crate) use batch::{on_data as on_data_batched, on_rcpt as on_rcpt_batched};
 pub use check::{check_file, check_plugin, PluginReport};
 pub(crate) use host::TransactionInfo;
 pub(crate) use reuse::key as reuse_key;

@@ -9,7 +9,8 @@ use crate::inspect::MessageView;
 
 use super::{
     BounceAction, BounceInput, BounceVerdict, ChooseInput, ChooseVerdict, DataAction, DataInput,
-    DataVerdict, Fallback, Fallbacks, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply, Tag,
+    DataVerdict, Fallback, Fallbacks, Header, Hook, IpChoice, RcptInput, RcptVerdict, SmtpReply,
+    Tag,
 };
 
 /// A snapshot of the loaded plugins, in the order they run (priority, then name).
@@ -94,97 +95,125 @@ impl PluginSet {
             .collect()
     }
 
+    /// What `on_rcpt` answers when its plugins could not be asked: the fallback of a fault.
+    pub fn rcpt_fallback(&self) -> RcptVerdict {
+        match self.fallback.on_rcpt {
+            Fallback::Tempfail => RcptVerdict::Tempfail(policy_unavailable()),
+            _ => RcptVerdict::NoOpinion,
+        }
+    }
+
+    /// What `on_data` answers when its plugins could not be asked: the fallback of a fault.
+    pub fn data_fallback(&self) -> DataVerdict {
+        DataVerdict {
+            action: match self.fallback.on_data {
+                Fallback::Tempfail => DataAction::Tempfail(policy_unavailable()),
+                _ => DataAction::NoOpinion,
+            },
+            add_headers: Vec::new(),
+            tags: Vec::new(),
+        }
+    }
+
     fn running(&self, hook: Hook) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
         self.plugins.iter().filter(move |p| p.implements(hook))
     }
 
-    /// Asks the plugins about one recipient; the first answer other than no-opinion wins.
-    /// A fault gives the `on_rcpt` fallback: no opinion (fail-open) or `451 4.3.0`.
-    ///
-    /// Each plugin gets `transaction` as a borrowed `transaction` handle for its call.
+    /// [`PluginSet::on_rcpt_each`] for one recipient.
+    #[cfg(test)]
     pub fn on_rcpt(&self, input: &RcptInput, transaction: &Arc<TransactionInfo>) -> RcptVerdict {
+        let mut verdict = [None];
+        self.on_rcpt_each(&mut verdict, |_| (input, transaction));
+        let [verdict] = verdict;
+        verdict.unwrap_or(RcptVerdict::NoOpinion)
+    }
+
+    /// Asks the plugins about recipients; for each, the first answer other than no-opinion
+    /// wins. A fault gives the `on_rcpt` fallback: no opinion (fail-open) or `451 4.3.0`.
+    ///
+    /// `question(i)` is the i-th recipient and its transaction, which each plugin gets as a
+    /// borrowed `transaction` handle for its call; `verdicts[i]` gets the answer (`None`: no
+    /// plugin had an opinion). The questions are asked plugin by plugin: each plugin answers
+    /// every question still open before the next plugin runs, so its instance, its code and the
+    /// host code it calls stay in the CPU's caches from one question to the next (see
+    /// [`super::batch`]). Each question meets exactly the plugins it would meet alone.
+    pub fn on_rcpt_each<'a>(
+        &self,
+        verdicts: &mut [Option<RcptVerdict>],
+        question: impl Fn(usize) -> (&'a RcptInput, &'a Arc<TransactionInfo>),
+    ) {
         for plugin in self.running(Hook::OnRcpt) {
-            match plugin.call(Hook::OnRcpt, |p, store| {
-                let lent = store.data_mut().lend_transaction(transaction);
-                let verdict = p
-                    .relay_policy_hooks()
-                    .call_on_rcpt(&mut *store, input, lent);
-                store.data_mut().end_loans();
-                verdict
-            }) {
-                Outcome::Done(RcptVerdict::NoOpinion) | Outcome::Skipped => {}
-                Outcome::Done(verdict) => return verdict,
-                Outcome::Failed => {
-                    if self.fallback.on_rcpt == Fallback::Tempfail {
-                        return RcptVerdict::Tempfail(policy_unavailable());
+            for (i, verdict) in verdicts.iter_mut().enumerate() {
+                if verdict.is_some() {
+                    continue;
+                }
+                let (input, transaction) = question(i);
+                match plugin.call(Hook::OnRcpt, |p, store| {
+                    let lent = store.data_mut().lend_transaction(transaction);
+                    let verdict = p
+                        .relay_policy_hooks()
+                        .call_on_rcpt(&mut *store, input, lent);
+                    store.data_mut().end_loans();
+                    verdict
+                }) {
+                    Outcome::Done(RcptVerdict::NoOpinion) | Outcome::Skipped => {}
+                    Outcome::Done(answer) => *verdict = Some(answer),
+                    Outcome::Failed => {
+                        if let fallback @ RcptVerdict::Tempfail(_) = self.rcpt_fallback() {
+                            *verdict = Some(fallback);
+                        }
                     }
                 }
             }
         }
-        RcptVerdict::NoOpinion
     }
 
-    /// Asks every plugin about the message. The action is the first other than no-opinion (a
-    /// fault with a fail-closed fallback counts as `451 4.3.0`); headers and tags accumulate
-    /// over all plugins, and each plugin sees the tags set before it in `input.tags`.
-    ///
-    /// Each plugin gets `transaction` and `message` as borrowed handles for its call; what one
-    /// plugin asked of the message is not parsed again for the next.
+    /// [`PluginSet::on_data_each`] for one message.
+    #[cfg(test)]
     pub fn on_data(
         &self,
         input: &DataInput,
         transaction: &Arc<TransactionInfo>,
         message: &Arc<MessageView>,
     ) -> DataVerdict {
-        let mut action: Option<DataAction> = None;
-        let mut add_headers = Vec::new();
-        let mut tags: Vec<Tag> = Vec::new();
-        // A copy of the input, made only once some plugin sets a tag.
-        let mut tagged: Option<DataInput> = None;
+        let mut run = [DataRun::new(input)];
+        self.on_data_each(&mut run, |_| (transaction, message));
+        let [run] = run;
+        run.finish()
+    }
+
+    /// Asks every plugin about messages. For each, the action is the first other than
+    /// no-opinion (a fault with a fail-closed fallback counts as `451 4.3.0`); headers and tags
+    /// accumulate over all plugins, and each plugin sees the tags set before it in the input.
+    ///
+    /// `runs[i]` holds the i-th message's input and collects its verdict; `message(i)` is its
+    /// transaction and message, which each plugin gets as borrowed handles for its call (what
+    /// one plugin asked of a message is not parsed again for the next). Plugin by plugin, as
+    /// [`PluginSet::on_rcpt_each`].
+    pub fn on_data_each<'a>(
+        &self,
+        runs: &mut [DataRun<'_>],
+        message: impl Fn(usize) -> (&'a Arc<TransactionInfo>, &'a Arc<MessageView>),
+    ) {
         for plugin in self.running(Hook::OnData) {
-            let current = tagged.as_ref().unwrap_or(input);
-            match plugin.call(Hook::OnData, |p, store| {
-                let state = store.data_mut();
-                let lent_transaction = state.lend_transaction(transaction);
-                let lent_message = state.lend_message(message);
-                let verdict = p.relay_policy_hooks().call_on_data(
-                    &mut *store,
-                    current,
-                    lent_transaction,
-                    lent_message,
-                );
-                store.data_mut().end_loans();
-                verdict
-            }) {
-                Outcome::Done(verdict) => {
-                    if action.is_none() && verdict.action != DataAction::NoOpinion {
-                        action = Some(verdict.action);
-                    }
-                    if add_headers.is_empty() {
-                        add_headers = verdict.add_headers;
-                    } else {
-                        add_headers.extend(verdict.add_headers);
-                    }
-                    if !verdict.tags.is_empty() {
-                        let next = tagged.get_or_insert_with(|| input.clone());
-                        for tag in &verdict.tags {
-                            merge_tag(&mut next.tags, tag);
-                        }
-                        tags.extend(verdict.tags);
-                    }
-                }
-                Outcome::Failed => {
-                    if action.is_none() && self.fallback.on_data == Fallback::Tempfail {
-                        action = Some(DataAction::Tempfail(policy_unavailable()));
-                    }
-                }
-                Outcome::Skipped => {}
+            for (i, run) in runs.iter_mut().enumerate() {
+                let (transaction, message) = message(i);
+                let current = run.current();
+                let outcome = plugin.call(Hook::OnData, |p, store| {
+                    let state = store.data_mut();
+                    let lent_transaction = state.lend_transaction(transaction);
+                    let lent_message = state.lend_message(message);
+                    let verdict = p.relay_policy_hooks().call_on_data(
+                        &mut *store,
+                        current,
+                        lent_transaction,
+                        lent_message,
+                    );
+                    store.data_mut().end_loans();
+                    verdict
+                });
+                run.absorb(outcome, self.fallback.on_data);
             }
-        }
-        DataVerdict {
-            action: action.unwrap_or(DataAction::NoOpinion),
-            add_headers,
-            tags,
         }
     }
 
@@ -253,5 +282,72 @@ impl PluginSet {
             }
         }
         BounceVerdict { action, class }
+    }
+}
+
+/// One message's way through the `on_data` plugins: its input and what they answered so far.
+pub(crate) struct DataRun<'a> {
+    input: &'a DataInput,
+    /// A copy of the input with the tags set so far, made only once some plugin sets a tag.
+    tagged: Option<DataInput>,
+    action: Option<DataAction>,
+    add_headers: Vec<Header>,
+    tags: Vec<Tag>,
+}
+
+impl<'a> DataRun<'a> {
+    /// A run that no plugin has answered yet.
+    pub fn new(input: &'a DataInput) -> DataRun<'a> {
+        DataRun {
+            input,
+            tagged: None,
+            action: None,
+            add_headers: Vec::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// The input for the next plugin: the tags set before it included.
+    fn current(&self) -> &DataInput {
+        self.tagged.as_ref().unwrap_or(self.input)
+    }
+
+    /// Takes in one plugin's outcome.
+    fn absorb(&mut self, outcome: Outcome<DataVerdict>, fallback: Fallback) {
+        match outcome {
+            Outcome::Done(verdict) => {
+                if self.action.is_none() && verdict.action != DataAction::NoOpinion {
+                    self.action = Some(verdict.action);
+                }
+                if self.add_headers.is_empty() {
+                    self.add_headers = verdict.add_headers;
+                } else {
+                    self.add_headers.extend(verdict.add_headers);
+                }
+                if !verdict.tags.is_empty() {
+                    let input = self.input;
+                    let next = self.tagged.get_or_insert_with(|| input.clone());
+                    for tag in &verdict.tags {
+                        merge_tag(&mut next.tags, tag);
+                    }
+                    self.tags.extend(verdict.tags);
+                }
+            }
+            Outcome::Failed => {
+                if self.action.is_none() && fallback == Fallback::Tempfail {
+                    self.action = Some(DataAction::Tempfail(policy_unavailable()));
+                }
+            }
+            Outcome::Skipped => {}
+        }
+    }
+
+    /// The verdict of all the plugins that ran.
+    pub fn finish(self) -> DataVerdict {
+        DataVerdict {
+            action: self.action.unwrap_or(DataAction::NoOpinion),
+            add_headers: self.add_headers,
+            tags: self.tags,
+        }
     }
 }

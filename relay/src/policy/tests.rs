@@ -502,6 +502,104 @@ fn on_data_accumulates_tags_and_headers_and_later_plugins_see_earlier_tags() {
     );
 }
 
+/// The on_rcpt calls `name` has had.
+fn rcpt_calls(set: &PluginSet, name: &str) -> u64 {
+    stats_of(set, name)
+        .calls
+        .iter()
+        .find(|c| c.hook == "on_rcpt")
+        .map_or(0, |c| c.calls)
+}
+
+#[test]
+fn a_batch_gives_each_question_the_answer_it_gets_alone() {
+    let dir = dir_with(&["first", "second"]);
+    let mut s = settings(dir.path());
+    s.plugins.insert(
+        "first".to_string(),
+        table(1, r#"{"tags": {"campaign": "x"}}"#),
+    );
+    s.plugins.insert(
+        "second".to_string(),
+        table(
+            2,
+            r#"{"rcpt": "tempfail", "text": "from second", "echo_tags": true, "headers": {"X-Second": "1"}}"#,
+        ),
+    );
+    let policy = start(s);
+    let set = policy.snapshot();
+
+    // Recipients that first answers (reject, accept, envelope), that only second answers (bob),
+    // and that both fault on (trap); each in a transaction of its own.
+    let locals = ["reject", "bob", "accept", "trap", "envelope"];
+    let questions: Vec<(RcptInput, Arc<TransactionInfo>)> = locals
+        .iter()
+        .enumerate()
+        .map(|(i, local)| {
+            (
+                rcpt(&format!("{local}@example.net")),
+                transaction(&format!("s{i}@example.test")),
+            )
+        })
+        .collect();
+    let alone: Vec<RcptVerdict> = questions
+        .iter()
+        .map(|(input, transaction)| set.on_rcpt(input, transaction))
+        .collect();
+    assert!(matches!(alone[0], RcptVerdict::Reject(_)), "{alone:?}");
+    assert_eq!(reply_text(&alone[1]), "from second");
+    assert_eq!(alone[2], RcptVerdict::Accept);
+    assert_eq!(alone[3], RcptVerdict::NoOpinion);
+    assert!(
+        reply_text(&alone[4]).contains("from=s4@example.test"),
+        "{alone:?}"
+    );
+    assert_eq!(rcpt_calls(&set, "second"), 2, "bob and trap reach second");
+
+    let mut batched: Vec<Option<RcptVerdict>> = vec![None; questions.len()];
+    set.on_rcpt_each(&mut batched, |i| (&questions[i].0, &questions[i].1));
+    let batched: Vec<RcptVerdict> = batched
+        .into_iter()
+        .map(|v| v.unwrap_or(RcptVerdict::NoOpinion))
+        .collect();
+    assert_eq!(batched, alone);
+    // Second was asked only what first left open, as alone.
+    assert_eq!(rcpt_calls(&set, "first"), 10);
+    assert_eq!(rcpt_calls(&set, "second"), 4);
+    let faults = |name| stats_of(&set, name).faults.trap;
+    assert_eq!((faults("first"), faults("second")), (2, 2));
+
+    // on_data: each message keeps its own tags and headers, and its own first opinion.
+    let senders = ["sender", "trap", "envelope", "other"];
+    let messages: Vec<(DataInput, Arc<TransactionInfo>, Arc<MessageView>)> = senders
+        .iter()
+        .map(|local| {
+            let from = format!("{local}@example.test");
+            (data(), transaction(&from), message(&from))
+        })
+        .collect();
+    let alone: Vec<DataVerdict> = senders
+        .iter()
+        .map(|local| on_data(&set, &format!("{local}@example.test")))
+        .collect();
+    assert!(
+        alone[0].add_headers.iter().any(|h| h.name == "X-Second"),
+        "{alone:?}"
+    );
+    assert!(alone[1].add_headers.is_empty(), "both fault: {alone:?}");
+    match &alone[2].action {
+        DataAction::Reject(reply) => assert!(reply.text.contains("from=envelope@"), "{reply:?}"),
+        other => panic!("first rejects with the envelope, got {other:?}"),
+    }
+    let mut runs: Vec<set::DataRun<'_>> = messages
+        .iter()
+        .map(|(input, _, _)| set::DataRun::new(input))
+        .collect();
+    set.on_data_each(&mut runs, |i| (&messages[i].1, &messages[i].2));
+    let batched: Vec<DataVerdict> = runs.into_iter().map(set::DataRun::finish).collect();
+    assert_eq!(batched, alone);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Faults
 // ---------------------------------------------------------------------------------------------
@@ -1211,15 +1309,39 @@ X-Mailer: relay-bench loadgen\r\n\r\n"
     // plugin's instance out of the CPU caches; this is the same with the caches cleared first.
     let flush = cache_flusher();
     let measure = |label: &str, f: &dyn Fn()| time_calls_between(label, 10_000, f, &flush);
+    let reused = measure("choose_ip (ip-pools), answer reused, cold", &|| {
+        choose_ip(&set, &choose_input);
+    });
     let total = measure("on_rcpt (rate-limit, suppression), cold caches", &|| {
         set.on_rcpt(&rcpt_input, &rcpt_tx);
     }) + measure("on_data (content-policy), parse included, cold", &|| {
         on_data();
-    }) + measure("choose_ip (ip-pools), answer reused, cold", &|| {
-        choose_ip(&set, &choose_input);
-    });
+    }) + reused;
     eprintln!("per message with cold caches: {total:.2?}");
     measure("choose_ip (ip-pools), new destination, cold", &|| {
         choose_ip(&set, &fresh_choose_input());
     });
+
+    // As a busy relay asks (`policy::batch`): the caches cleared before each batch of
+    // questions from as many sessions, the time divided by the batch's size.
+    for size in [2, 4, 8] {
+        let label = |hook: &str| format!("{hook}, a cold batch of {size}");
+        let rcpt_questions = vec![(&rcpt_input, &rcpt_tx); size];
+        let on_rcpt = measure(&label("on_rcpt (rate-limit, suppression)"), &|| {
+            let mut verdicts = vec![None; size];
+            set.on_rcpt_each(&mut verdicts, |i| rcpt_questions[i]);
+        }) / size as u32;
+        let on_data = measure(&label("on_data (content-policy), parse included"), &|| {
+            let views: Vec<Arc<MessageView>> = (0..size)
+                .map(|_| Arc::new(MessageView::new(raw.clone())))
+                .collect();
+            let mut runs: Vec<set::DataRun<'_>> =
+                (0..size).map(|_| set::DataRun::new(&data_input)).collect();
+            set.on_data_each(&mut runs, |i| (&data_tx, &views[i]));
+        }) / size as u32;
+        eprintln!(
+            "  batches of {size}, per question: on_rcpt {on_rcpt:.2?}, on_data {on_data:.2?}; per message with the reused choose_ip: {:.2?}",
+            on_rcpt + on_data + reused
+        );
+    }
 }

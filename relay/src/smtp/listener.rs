@@ -513,7 +513,12 @@ impl Handler for RelayHandler<'_> {
                 params: &request.params,
             },
         );
-        let resolution = match plugins.on_rcpt(&input, transaction) {
+        let (verdict, recipient) =
+            match crate::policy::on_rcpt_batched(plugins, input, Arc::clone(transaction)).await {
+                Some((verdict, input)) => (verdict, input.recipient),
+                None => (plugins.rcpt_fallback(), request.to.address()),
+            };
+        let resolution = match verdict {
             RcptVerdict::NoOpinion | RcptVerdict::Accept => Resolution::Accept,
             RcptVerdict::AcceptRewritten(address) => match Mailbox::parse(&address) {
                 Ok(mailbox) => {
@@ -538,7 +543,7 @@ impl Handler for RelayHandler<'_> {
                 crate::metrics::global().rcpt_refused_policy();
             }
             Resolution::AcceptAs(to) => self.accept(to.address()),
-            _ => self.accept(input.recipient),
+            _ => self.accept(recipient),
         }
         resolution
     }
@@ -587,7 +592,14 @@ impl Handler for RelayHandler<'_> {
             // The plugins read the message through a view that parses what they ask for; the
             // bytes come back unchanged (copied only if a plugin instance still held them).
             let view = Arc::new(MessageView::new(std::mem::take(&mut message.body)));
-            let verdict = plugins.on_data(&input, transaction, &view);
+            let verdict = crate::policy::on_data_batched(
+                plugins,
+                input,
+                Arc::clone(transaction),
+                Arc::clone(&view),
+            )
+            .await
+            .unwrap_or_else(|| plugins.data_fallback());
             self.transactions.finish();
             message.body = Arc::try_unwrap(view)
                 .map(MessageView::into_bytes)
