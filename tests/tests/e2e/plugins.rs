@@ -415,6 +415,122 @@ async fn plugins_read_the_live_transaction_through_its_handle() {
     assert_eq!(sink.wait_for(1, WAIT).await[0].rcpts, vec!["z@rcpt.test"]);
 }
 
+/// Sessions that reach a hook at the same moment are asked in batches (the relay's
+/// `policy::batch`); each must still get the verdict of its own transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_each_get_the_verdict_of_their_own_transaction() {
+    const SESSIONS: usize = 40;
+    let PluginWorld {
+        sink,
+        relay,
+        dir: _dir,
+        _dns,
+    } = PluginWorld::start("bad-plugin", "", |c| {
+        c.set("metrics", "listen", metrics::ANY_PORT)
+    })
+    .await;
+    let metrics_at = metrics::metrics_addr(&relay).await;
+    let net = Net::unique();
+    let start = Arc::new(tokio::sync::Barrier::new(SESSIONS));
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|i| {
+            let (start, addr) = (Arc::clone(&start), relay.addr());
+            let ip = IpAddr::V4(net.ip(10 + i as u8));
+            tokio::spawn(async move {
+                let mut c = SmtpClient::connect_from(ip, addr).await.expect("connect");
+                c.ehlo(&format!("client{i}.test")).await.expect("ehlo");
+                start.wait().await;
+                // on_rcpt: the plugin answers with the transaction it was given.
+                c.command(&format!("MAIL FROM:<s{i}@sender.test>"))
+                    .await
+                    .expect("mail")
+                    .assert_is(250, "2.1.0");
+                c.command(&format!("RCPT TO:<ok{i}@rcpt.test>"))
+                    .await
+                    .expect("rcpt")
+                    .assert_is(250, "2.1.5");
+                let rcpt = c
+                    .command("RCPT TO:<envelope@rcpt.test>")
+                    .await
+                    .expect("rcpt");
+                c.command("RSET").await.expect("rset");
+                // on_data: the same, for the message's transaction.
+                c.command(&format!("MAIL FROM:<envelope@s{i}.sender.test>"))
+                    .await
+                    .expect("mail")
+                    .assert_is(250, "2.1.0");
+                c.command(&format!("RCPT TO:<to{i}@rcpt.test>"))
+                    .await
+                    .expect("rcpt")
+                    .assert_is(250, "2.1.5");
+                assert_eq!(c.command("DATA").await.expect("data").code, 354);
+                let data = c
+                    .data_body(&body(&format!("s{i}"), "", "x"))
+                    .await
+                    .expect("data");
+                // And a message that goes through, with its own recipient.
+                c.command("RSET").await.expect("rset");
+                let last = format!("last{i}@rcpt.test");
+                c.send_mail(
+                    &format!("s{i}@sender.test"),
+                    &[last.as_str()],
+                    &body("last", "", "x"),
+                )
+                .await
+                .expect("send");
+                let _ = c.quit().await;
+                (i, ip, rcpt, data)
+            })
+        })
+        .collect();
+    for session in sessions {
+        let (i, ip, rcpt, data) = session.await.expect("session");
+        rcpt.assert_is(550, "5.7.1");
+        assert_eq!(
+            rcpt.text(),
+            format!(
+                "5.7.1 ip={ip} helo=client{i}.test tls=false user=- from=s{i}@sender.test \
+                 size=- rcpts=ok{i}@rcpt.test so_far=1"
+            )
+        );
+        data.assert_is(550, "5.7.1");
+        assert_eq!(
+            data.text(),
+            format!(
+                "5.7.1 ip={ip} helo=client{i}.test tls=false user=- \
+                 from=envelope@s{i}.sender.test size=- rcpts=to{i}@rcpt.test"
+            )
+        );
+    }
+    let delivered = sink.wait_for(SESSIONS, WAIT).await;
+    let mut rcpts: Vec<String> = delivered.iter().flat_map(|t| t.rcpts.clone()).collect();
+    rcpts.sort();
+    let mut expected: Vec<String> = (0..SESSIONS)
+        .map(|i| format!("last{i}@rcpt.test"))
+        .collect();
+    expected.sort();
+    assert_eq!(rcpts, expected);
+    // Every question was asked in some batch, once: four recipients and two messages a session.
+    let scrape = metrics::scrape(metrics_at).await;
+    let questions = |hook: &str| {
+        scrape.value(&format!(
+            "relay_plugin_batch_questions_total{{hook=\"{hook}\"}}"
+        ))
+    };
+    let batches =
+        |hook: &str| scrape.value(&format!("relay_plugin_batches_total{{hook=\"{hook}\"}}"));
+    assert_eq!(questions("on_rcpt"), (4 * SESSIONS) as f64);
+    assert_eq!(questions("on_data"), (2 * SESSIONS) as f64);
+    for hook in ["on_rcpt", "on_data"] {
+        assert!(
+            batches(hook) >= 1.0 && batches(hook) <= questions(hook),
+            "{hook}: {} batches for {} questions",
+            batches(hook),
+            questions(hook)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_plugin_gets_the_fallback_while_mail_keeps_flowing() {
     // A small cap, so the memory bomb meets it well within the time budget.
