@@ -44,7 +44,8 @@ start_stack() {
 }
 
 # plugin_costs MESSAGES: each plugin hook's calls and wall time from the relay's metrics, per
-# call and per message (nothing without plugins, or without curl).
+# call and per message, and the mean size of the batches the hooks were asked in (nothing
+# without plugins, or without curl).
 plugin_costs() {
     local n=$1 metrics
     command -v curl >/dev/null || return 0
@@ -53,7 +54,12 @@ plugin_costs() {
         function key(line) { match(line, /\{[^}]*\}/); return substr(line, RSTART, RLENGTH) }
         /^relay_plugin_calls_total\{/ { calls[key($0)] = $NF }
         /^relay_plugin_call_seconds_total\{/ { secs[key($0)] = $NF }
+        /^relay_plugin_batches_total\{/ { batches[key($0)] = $NF }
+        /^relay_plugin_batch_questions_total\{/ { questions[key($0)] = $NF }
         END {
+            for (k in batches) if (batches[k] > 0)
+                printf "  batches %-44s %8d questions in %8d batches: %.1f a batch\n", k,
+                    questions[k], batches[k], questions[k] / batches[k]
             for (k in calls) if (calls[k] > 0) {
                 found = 1
                 printf "  plugin %-45s %8d calls %7.2f us/call %7.2f us/message\n", k, calls[k],

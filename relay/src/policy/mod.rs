@@ -14,6 +14,10 @@
 //! - Instances are pooled per plugin and reused across calls; one is discarded after any fault
 //!   (a trap poisons it) and recycled after a fixed number of calls (linear memory never
 //!   shrinks).
+//! - Sessions that reach `on_rcpt` or `on_data` while their worker thread is busy with others
+//!   are asked together, plugin by plugin, so each plugin answers several questions in a row
+//!   with its instance and code in the CPU's caches ([`batch`]); each question still meets
+//!   exactly the plugins it would meet alone.
 //! - A [`PluginSet`] is an immutable, ordered snapshot. A transaction takes one at MAIL FROM and
 //!   keeps it, so a hot reload never changes the plugins of a transaction in flight.
 //!
