@@ -18,7 +18,7 @@
 //! the batch changes the order in which the plugins answer the questions of different sessions
 //! (sessions run concurrently anyway), never which plugins answer one question, nor their order.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::LocalKey;
 
@@ -45,12 +45,42 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// The batch open on this thread for one hook, if any.
-type Open<J> = RefCell<Option<Arc<Batch<J>>>>;
+/// Batches on a thread that hold fewer questions than this on average do not save enough to be
+/// worth the wait they cost their sessions: there, questions that find no batch open run at
+/// once, without yielding, except every [`PROBE_EVERY`]th, which opens a batch again to see
+/// whether more sessions join now. With few sessions, where the cores have time to spare and a
+/// reply's latency is what limits a client, most questions so skip the wait (and the extra poll
+/// of the task and of the I/O driver); under load batches grow, the average with them, and
+/// every question is batched again.
+const WORTH_THE_WAIT: f32 = 3.0;
+/// See [`WORTH_THE_WAIT`].
+const PROBE_EVERY: u32 = 8;
+/// Each batch moves its thread's average size by this share of the difference.
+const AVERAGE_WEIGHT: f32 = 1.0 / 8.0;
+
+/// A thread's state for one hook: the batch open on it, if any, the average size of the batches
+/// it ran, and the questions since it last opened one (see [`WORTH_THE_WAIT`]).
+struct Open<J> {
+    batch: RefCell<Option<Arc<Batch<J>>>>,
+    average: Cell<f32>,
+    since_batch: Cell<u32>,
+}
+
+impl<J> Open<J> {
+    /// Batching at first: a new thread starts at the threshold.
+    const fn new() -> Open<J> {
+        Open {
+            batch: RefCell::new(None),
+            average: Cell::new(WORTH_THE_WAIT),
+            since_batch: Cell::new(0),
+        }
+    }
+}
 
 /// The leader's hold on its batch: dropping it closes the batch and runs it, also when the
 /// leader's session is dropped while it waits (the others' verdicts depend on it).
-struct Lead<J> {
+struct Lead<J: 'static> {
+    open: &'static LocalKey<Open<J>>,
     batch: Arc<Batch<J>>,
     run: fn(Vec<J>),
 }
@@ -59,6 +89,13 @@ impl<J> Drop for Lead<J> {
     fn drop(&mut self) {
         let jobs = lock(&self.batch.jobs).take();
         if let Some(jobs) = jobs {
+            // On the thread that runs the batch, which is normally the one it was opened on.
+            let size = jobs.len() as f32;
+            let _ = self.open.try_with(|open| {
+                let average = open.average.get();
+                open.average
+                    .set(average + (size - average) * AVERAGE_WEIGHT);
+            });
             (self.run)(jobs);
         }
     }
@@ -66,25 +103,42 @@ impl<J> Drop for Lead<J> {
 
 /// Adds `job` to the batch open on this thread and returns; or, when there is none or it is
 /// full, opens one, yields to the other tasks ready on this worker (some of which may join),
-/// runs the batch with `run`, and returns then. Either way `run` sends each job its answer.
-async fn submit<J>(open: &'static LocalKey<Open<J>>, job: J, run: fn(Vec<J>)) {
-    let lead = open.with(|open| {
-        let mut open = open.borrow_mut();
-        if let Some(batch) = open.as_ref() {
+/// runs the batch with `run`, and returns then; or, where batches have been too small to be
+/// worth their wait, runs `job` alone at once (see [`WORTH_THE_WAIT`]). Either way `run` sends each job
+/// its answer.
+async fn submit<J: 'static>(open: &'static LocalKey<Open<J>>, job: J, run: fn(Vec<J>)) {
+    enum Next<J: 'static> {
+        Joined,
+        Alone(J),
+        Lead(Lead<J>),
+    }
+    let next = open.with(|state| {
+        let mut current = state.batch.borrow_mut();
+        if let Some(batch) = current.as_ref() {
             if let Some(jobs) = lock(&batch.jobs).as_mut().filter(|j| j.len() < MAX_BATCH) {
                 jobs.push(job);
-                return None;
+                return Next::Joined;
             }
         }
+        let since = state.since_batch.get() + 1;
+        if state.average.get() < WORTH_THE_WAIT && since < PROBE_EVERY {
+            state.since_batch.set(since);
+            return Next::Alone(job);
+        }
+        state.since_batch.set(0);
         let batch = Arc::new(Batch {
             jobs: Mutex::new(Some(vec![job])),
         });
-        *open = Some(Arc::clone(&batch));
-        Some(Lead { batch, run })
+        *current = Some(Arc::clone(&batch));
+        Next::Lead(Lead { open, batch, run })
     });
-    if let Some(lead) = lead {
-        tokio::task::yield_now().await;
-        drop(lead);
+    match next {
+        Next::Joined => {}
+        Next::Alone(job) => run(vec![job]),
+        Next::Lead(lead) => {
+            tokio::task::yield_now().await;
+            drop(lead);
+        }
     }
 }
 
@@ -113,8 +167,8 @@ struct RcptJob {
 }
 
 thread_local! {
-    static OPEN_RCPT: Open<RcptJob> = const { RefCell::new(None) };
-    static OPEN_DATA: Open<DataJob> = const { RefCell::new(None) };
+    static OPEN_RCPT: Open<RcptJob> = const { Open::new() };
+    static OPEN_DATA: Open<DataJob> = const { Open::new() };
 }
 
 fn run_rcpt(jobs: Vec<RcptJob>) {
@@ -227,7 +281,18 @@ mod tests {
     struct Job(usize, Arc<Mutex<Vec<Vec<usize>>>>);
 
     thread_local! {
-        static OPEN_TEST: Open<Job> = const { RefCell::new(None) };
+        static OPEN_TEST: Open<Job> = const { Open::new() };
+    }
+
+    /// Where the batches will be written, with this thread's batch state reset (libtest may run
+    /// several tests on one thread).
+    fn fresh() -> Arc<Mutex<Vec<Vec<usize>>>> {
+        OPEN_TEST.with(|open| {
+            open.average.set(WORTH_THE_WAIT);
+            open.since_batch.set(0);
+            open.batch.borrow_mut().take();
+        });
+        Arc::new(Mutex::new(Vec::new()))
     }
 
     fn run_test(jobs: Vec<Job>) {
@@ -244,47 +309,61 @@ mod tests {
 
     #[test]
     fn sessions_that_ask_together_share_one_batch_in_their_order() {
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        runtime().block_on(async {
-            let tasks: Vec<_> = (0..5)
-                .map(|i| {
-                    let ran = Arc::clone(&ran);
-                    tokio::spawn(async move { submit(&OPEN_TEST, Job(i, ran), run_test).await })
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("task");
-            }
-        });
+        let ran = fresh();
+        runtime().block_on(submit_together(0..5, &ran));
         assert_eq!(*lock(&ran), vec![vec![0, 1, 2, 3, 4]]);
     }
 
+    /// Spawns `jobs` as tasks that each submit one job, all at once, and waits for them.
+    async fn submit_together(jobs: std::ops::Range<usize>, ran: &Arc<Mutex<Vec<Vec<usize>>>>) {
+        let tasks: Vec<_> = jobs
+            .map(|i| {
+                let ran = Arc::clone(ran);
+                tokio::spawn(async move { submit(&OPEN_TEST, Job(i, ran), run_test).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+    }
+
     #[test]
-    fn a_lone_question_is_run_at_once_and_the_next_opens_a_new_batch() {
-        let ran = Arc::new(Mutex::new(Vec::new()));
+    fn where_batches_stay_small_questions_run_at_once_but_for_a_probe() {
+        let ran = fresh();
+        let skipped = PROBE_EVERY as usize - 1;
         runtime().block_on(async {
-            submit(&OPEN_TEST, Job(1, Arc::clone(&ran)), run_test).await;
-            assert_eq!(*lock(&ran), vec![vec![1]]);
-            submit(&OPEN_TEST, Job(2, Arc::clone(&ran)), run_test).await;
+            submit(&OPEN_TEST, Job(0, Arc::clone(&ran)), run_test).await;
+            assert_eq!(*lock(&ran), vec![vec![0]], "a lone question is run at once");
+            // That brought the average below the threshold: the next questions on this thread
+            // run alone without waiting, even when others are ready, until one opens a batch
+            // again, which the rest join.
+            submit_together(1..skipped + 4, &ran).await;
         });
-        assert_eq!(*lock(&ran), vec![vec![1], vec![2]]);
+        let mut expected: Vec<Vec<usize>> = (0..=skipped).map(|i| vec![i]).collect();
+        expected.push((skipped + 1..skipped + 4).collect());
+        assert_eq!(*lock(&ran), expected);
+    }
+
+    #[test]
+    fn one_small_batch_does_not_stop_a_busy_thread_batching() {
+        let ran = fresh();
+        runtime().block_on(async {
+            submit_together(0..10, &ran).await;
+            for i in 10..12 {
+                submit(&OPEN_TEST, Job(i, Arc::clone(&ran)), run_test).await;
+            }
+            // Still batching: the next ones join the one that opens.
+            submit_together(12..15, &ran).await;
+        });
+        let expected = vec![(0..10).collect(), vec![10], vec![11], (12..15).collect()];
+        assert_eq!(*lock(&ran), expected);
     }
 
     #[test]
     fn a_full_batch_makes_the_next_question_open_another() {
-        let ran = Arc::new(Mutex::new(Vec::new()));
+        let ran = fresh();
         let count = MAX_BATCH + 3;
-        runtime().block_on(async {
-            let tasks: Vec<_> = (0..count)
-                .map(|i| {
-                    let ran = Arc::clone(&ran);
-                    tokio::spawn(async move { submit(&OPEN_TEST, Job(i, ran), run_test).await })
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("task");
-            }
-        });
+        runtime().block_on(submit_together(0..count, &ran));
         // Which of the two batches runs first is the scheduler's choice.
         let mut ran = lock(&ran).clone();
         ran.sort();
@@ -295,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_leader_dropped_while_it_waits_still_runs_the_batch() {
-        let ran = Arc::new(Mutex::new(Vec::new()));
+        let ran = fresh();
         let mut cx = Context::from_waker(Waker::noop());
         let mut leader = Box::pin(submit(&OPEN_TEST, Job(1, Arc::clone(&ran)), run_test));
         // Outside a runtime the yield wakes at once, but the first poll still returns Pending.
@@ -308,9 +387,9 @@ mod tests {
         );
         drop(leader);
         assert_eq!(*lock(&ran), vec![vec![1, 2]]);
-        // The closed batch is not joined again.
+        // The closed batch is not joined again; after so small a batch the next question is
+        // asked alone, at once.
         let mut next = pin!(submit(&OPEN_TEST, Job(3, Arc::clone(&ran)), run_test));
-        assert_eq!(next.as_mut().poll(&mut cx), Poll::Pending);
         assert_eq!(next.as_mut().poll(&mut cx), Poll::Ready(()));
         assert_eq!(*lock(&ran), vec![vec![1, 2], vec![3]]);
     }
