@@ -184,31 +184,47 @@ fn dir_with(names: &[&str]) -> tempfile::TempDir {
 
 /// Runs `f` with the log captured (on this thread), returning what was logged.
 fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
+    thread_local! {
+        static CAPTURED: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+    }
+    /// Writes into this thread's capture, if one is running; else nowhere.
+    struct ThreadWriter;
+    impl std::io::Write for ThreadWriter {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(bytes);
+            CAPTURED.with(|captured| {
+                if let Some(buffer) = captured.borrow_mut().as_mut() {
+                    buffer.extend_from_slice(bytes);
+                }
+            });
             Ok(bytes.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text =
-        String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    (result, text)
+    // One global subscriber for the whole test binary, not one per capture: tracing caches
+    // whether a log call site is wanted, and a site first reached by another test's thread
+    // while a scoped subscriber was being set up could keep "never" and drop this thread's
+    // line (it did, now and then, with `with_default`).
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ThreadWriter)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("nothing else in the relay's unit tests sets a global subscriber");
+    });
+    // Sites that were being registered while the subscriber was installed get their interest
+    // again.
+    tracing::callsite::rebuild_interest_cache();
+    CAPTURED.with(|captured| *captured.borrow_mut() = Some(Vec::new()));
+    let result = f();
+    let bytes = CAPTURED
+        .with(|captured| captured.borrow_mut().take())
+        .unwrap_or_default();
+    (result, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Waits up to `limit` for `cond`, returning how long it took.
