@@ -106,12 +106,17 @@ impl PluginSet {
     /// What `on_data` answers when its plugins could not be asked: the fallback of a fault.
     pub fn data_fallback(&self) -> DataVerdict {
         DataVerdict {
-            action: match self.fallback.on_data {
-                Fallback::Tempfail => DataAction::Tempfail(policy_unavailable()),
-                _ => DataAction::NoOpinion,
-            },
+            action: self.data_fallback_action(),
             add_headers: Vec::new(),
             tags: Vec::new(),
+        }
+    }
+
+    /// The action of [`PluginSet::data_fallback`].
+    fn data_fallback_action(&self) -> DataAction {
+        match self.fallback.on_data {
+            Fallback::Tempfail => DataAction::Tempfail(policy_unavailable()),
+            _ => DataAction::NoOpinion,
         }
     }
 
@@ -212,7 +217,7 @@ impl PluginSet {
                     store.data_mut().end_loans();
                     verdict
                 });
-                run.absorb(outcome, self.fallback.on_data);
+                run.absorb(outcome, || self.data_fallback_action());
             }
         }
     }
@@ -312,8 +317,8 @@ impl<'a> DataRun<'a> {
         self.tagged.as_ref().unwrap_or(self.input)
     }
 
-    /// Takes in one plugin's outcome.
-    fn absorb(&mut self, outcome: Outcome<DataVerdict>, fallback: Fallback) {
+    /// Takes in one plugin's outcome; `fallback` is the action a fault counts as.
+    fn absorb(&mut self, outcome: Outcome<DataVerdict>, fallback: impl FnOnce() -> DataAction) {
         match outcome {
             Outcome::Done(verdict) => {
                 if self.action.is_none() && verdict.action != DataAction::NoOpinion {
@@ -334,8 +339,8 @@ impl<'a> DataRun<'a> {
                 }
             }
             Outcome::Failed => {
-                if self.action.is_none() && fallback == Fallback::Tempfail {
-                    self.action = Some(DataAction::Tempfail(policy_unavailable()));
+                if self.action.is_none() {
+                    self.action = Some(fallback()).filter(|a| *a != DataAction::NoOpinion);
                 }
             }
             Outcome::Skipped => {}
